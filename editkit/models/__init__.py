@@ -1,0 +1,1 @@
+"""Networks: the EG3D teacher port (`editkit.models.eg3d`) and the student."""

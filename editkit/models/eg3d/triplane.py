@@ -1,0 +1,145 @@
+"""EG3D's generator: a StyleGAN2 backbone makes three 32-channel feature planes, a small MLP decodes features
+sampled from them into colour and density, a volume renderer makes a raw feature image, and an upsampler turns
+it into the final image.
+
+Official constructor arguments, methods and state-dict keys (`TriPlaneGenerator(**G_kwargs)` of an EG3D config
+loads official weights with `load_state_dict(strict=True)`), and, for the same weights, inputs and
+`torch.manual_seed`, the same outputs. See docs/teacher_port.md for the two deliberate differences.
+"""
+
+import torch
+
+from editkit.models.eg3d.layers import (EG3DError, FullyConnectedLayer, Generator, Softplus, check_shape,
+                                        record_init_kwargs)
+from editkit.models.eg3d.renderer import ImportanceRenderer, RaySampler
+from editkit.models.eg3d.superresolution import SUPERRESOLUTION_CLASSES
+
+PLANE_CHANNELS = 32
+
+
+class OSGDecoder(torch.nn.Module):
+    """Tri-plane features (mean over the planes) -> density sigma and `decoder_output_dim` colour features."""
+
+    def __init__(self, n_features, options):
+        super().__init__()
+        self.hidden_dim = 64
+        lr_mul = options["decoder_lr_mul"]
+        self.net = torch.nn.Sequential(
+            FullyConnectedLayer(n_features, self.hidden_dim, lr_multiplier=lr_mul),
+            Softplus(),
+            FullyConnectedLayer(self.hidden_dim, 1 + options["decoder_output_dim"], lr_multiplier=lr_mul))
+
+    def forward(self, sampled_features, ray_directions):
+        """{'rgb': (N, M, out), 'sigma': (N, M, 1)} for features (N, n_planes, M, C); directions are unused."""
+        # the renderer's features are a transposed view of (N, n_planes, C, M): average in that layout
+        x = sampled_features.transpose(2, 3).mean(1).transpose(1, 2)
+        n, m, c = x.shape
+        x = self.net(x.reshape(n * m, c)).view(n, m, -1)
+        rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # MipNeRF's widened sigmoid
+        return {"rgb": rgb, "sigma": x[..., 0:1]}
+
+
+@record_init_kwargs
+class TriPlaneGenerator(torch.nn.Module):
+    """z and camera label c (25 floats) -> {'image', 'image_raw', 'image_depth'}.
+
+    `neural_rendering_resolution` (a plain attribute, default 64; FFHQ models use 128) sets the size of the
+    volume-rendered image; passing `neural_rendering_resolution` to `synthesis` changes it, as upstream.
+    """
+
+    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs=None,
+                 rendering_kwargs=None, sr_kwargs=None, **synthesis_kwargs):
+        super().__init__()
+        rendering_kwargs = {} if rendering_kwargs is None else rendering_kwargs
+        for key in ("superresolution_module", "sr_antialias"):
+            if key not in rendering_kwargs:
+                raise EG3DError(f"rendering_kwargs lacks '{key}' (EG3D configs always set it)")
+        sr_name = rendering_kwargs["superresolution_module"]
+        if sr_name not in SUPERRESOLUTION_CLASSES:
+            raise EG3DError(f"unknown superresolution_module '{sr_name}' (known: "
+                            f"{', '.join(sorted(SUPERRESOLUTION_CLASSES))})")
+        self.z_dim = z_dim
+        self.c_dim = c_dim
+        self.w_dim = w_dim
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.renderer = ImportanceRenderer()
+        self.ray_sampler = RaySampler()
+        self.backbone = Generator(z_dim, c_dim, w_dim, img_resolution=256, img_channels=PLANE_CHANNELS * 3,
+                                  mapping_kwargs=mapping_kwargs, **synthesis_kwargs)
+        self.superresolution = SUPERRESOLUTION_CLASSES[sr_name](
+            channels=PLANE_CHANNELS, img_resolution=img_resolution, sr_num_fp16_res=sr_num_fp16_res,
+            sr_antialias=rendering_kwargs["sr_antialias"], **(sr_kwargs or {}))
+        self.decoder = OSGDecoder(PLANE_CHANNELS, {"decoder_lr_mul": rendering_kwargs.get("decoder_lr_mul", 1),
+                                                   "decoder_output_dim": PLANE_CHANNELS})
+        self.neural_rendering_resolution = 64
+        self.rendering_kwargs = rendering_kwargs
+        self._last_planes = None
+
+    @property
+    def num_ws(self):
+        return self.backbone.mapping.num_ws
+
+    @property
+    def w_avg(self):
+        return self.backbone.mapping.w_avg
+
+    def mapping(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False):
+        """ws (N, num_ws, w_dim) for latents z (N, z_dim) and conditioning camera labels c (N, 25)."""
+        if self.rendering_kwargs["c_gen_conditioning_zero"]:
+            c = torch.zeros_like(c)
+        return self.backbone.mapping(z, c * self.rendering_kwargs.get("c_scale", 0), truncation_psi=truncation_psi,
+                                     truncation_cutoff=truncation_cutoff, update_emas=update_emas)
+
+    def planes(self, ws, update_emas=False, **synthesis_kwargs):
+        """The tri-planes (N, 3, 32, 256, 256) for ws."""
+        planes = self.backbone.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
+        return planes.view(len(planes), 3, PLANE_CHANNELS, planes.shape[-2], planes.shape[-1])
+
+    def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
+                  use_cached_backbone=False, **synthesis_kwargs):
+        """Render ws from cameras c (N, 25): {'image', 'image_raw' (RGB of the features), 'image_depth'}."""
+        check_shape(c, [ws.shape[0], 25], "c (camera label)")
+        if neural_rendering_resolution is None:
+            neural_rendering_resolution = self.neural_rendering_resolution
+        else:
+            self.neural_rendering_resolution = neural_rendering_resolution
+        ray_origins, ray_directions = self.ray_sampler(c[:, :16].view(-1, 4, 4), c[:, 16:25].view(-1, 3, 3),
+                                                       neural_rendering_resolution)
+        if use_cached_backbone and self._last_planes is not None:
+            planes = self._last_planes
+        else:
+            planes = self.planes(ws, update_emas=update_emas, **synthesis_kwargs)
+        if cache_backbone:
+            self._last_planes = planes
+        features, depth, _ = self.renderer(planes, self.decoder, ray_origins, ray_directions, self.rendering_kwargs)
+        n, res = len(ws), neural_rendering_resolution
+        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], res, res).contiguous()
+        depth_image = depth.permute(0, 2, 1).reshape(n, 1, res, res)
+        rgb_image = feature_image[:, :3]
+        sr_kwargs = {k: v for k, v in synthesis_kwargs.items() if k != "noise_mode"}
+        image = self.superresolution(rgb_image, feature_image, ws,
+                                     noise_mode=self.rendering_kwargs["superresolution_noise_mode"], **sr_kwargs)
+        return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
+
+    def sample(self, coordinates, directions, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False,
+               **synthesis_kwargs):
+        """{'rgb': (N, M, 32), 'sigma': (N, M, 1)} at points (N, M, 3), for latents z and labels c."""
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                          update_emas=update_emas)
+        return self.sample_mixed(coordinates, directions, ws, update_emas=update_emas, **synthesis_kwargs)
+
+    def sample_mixed(self, coordinates, directions, ws, truncation_psi=1, truncation_cutoff=None, update_emas=False,
+                     **synthesis_kwargs):
+        """Like `sample`, for ws (N, num_ws, w_dim); density is raw sigma (before softplus(sigma - 1))."""
+        planes = self.planes(ws, update_emas=update_emas, **synthesis_kwargs)
+        return self.renderer.run_model(planes, self.decoder, coordinates, directions, self.rendering_kwargs)
+
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, neural_rendering_resolution=None,
+                update_emas=False, cache_backbone=False, use_cached_backbone=False, **synthesis_kwargs):
+        """mapping(z, c) then synthesis(ws, c)."""
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                          update_emas=update_emas)
+        return self.synthesis(ws, c, update_emas=update_emas, neural_rendering_resolution=neural_rendering_resolution,
+                              cache_backbone=cache_backbone, use_cached_backbone=use_cached_backbone,
+                              **synthesis_kwargs)
