@@ -1,0 +1,7 @@
+"""`python -m editkit` runs the command line."""
+
+import sys
+
+from editkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,21 @@
+"""Exceptions for problems the user can fix (bad input files, wrong arguments).
+
+The CLI prints an `EditkitError` as one line, `editkit: error: <message>`, and exits with status 2; any other
+exception is a bug and exits with status 1.
+"""
+
+
+class EditkitError(Exception):
+    """A user or input error; the message is one line naming the file and what to do."""
+
+
+class CheckpointError(EditkitError):
+    """A weights file, its JSON config or the model registry is missing, corrupt or does not match."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle asks for a global outside the allow-list: it was refused before anything ran."""
+
+
+class OutputExistsError(EditkitError):
+    """An output file exists and overwriting was not asked for."""
