@@ -1,0 +1,1 @@
+"""Training side of editkit: distillation, the demo teacher's recipe and the synthetic demo world."""
