@@ -119,6 +119,21 @@ def test_backward_works_where_official_adds_in_place():
         assert sum(g.abs().sum() for g in grads) > 0, prefix
 
 
+def test_masked_depth_loss_has_finite_gradients_on_empty_rays():
+    """Rays that miss everything (total opacity exactly 0) give upstream's depth, without NaN gradients."""
+    ref = load("g2x_random")
+    net = build(ref)
+    with torch.no_grad():  # a density bias of -1e4 empties every ray
+        net.decoder.net[-1].bias[0] = -1e4
+    ws = net.mapping(torch.from_numpy(ref["z"]), torch.from_numpy(ref["c"])).detach().requires_grad_()
+    depth = net.synthesis(ws, torch.from_numpy(ref["c"]), neural_rendering_resolution=16)["image_depth"]
+    assert torch.isfinite(depth).all() and (depth >= net.rendering_kwargs["ray_end"]).all()
+    mask = torch.zeros_like(depth)
+    mask[..., :4, :4] = 1
+    (depth * mask).sum().backward()
+    assert torch.isfinite(ws.grad).all()
+
+
 @pytest.mark.parametrize("case", D_CASES)
 def test_discriminator_matches_official(case):
     ref = load(case)

@@ -117,7 +117,11 @@ class MipRayMarcher2(torch.nn.Module):
         padded = F.pad(weights, (0, 0, 1, 1))
         sample_weights = (padded[..., :-1, :] + padded[..., 1:, :]) / 2
         weight_total = weights.sum(-2)
-        composite_depth = torch.nan_to_num((depths * sample_weights).sum(-2) / weight_total, float("inf"))
+        # Official: sum / total, with 0 / 0 -> inf. The where() keeps that forward value without the NaN gradient
+        # that 0 / 0 sends back into a masked depth loss.
+        covered = weight_total > 0
+        composite_depth = torch.where(covered, (depths * sample_weights).sum(-2) / torch.where(covered, weight_total, 1),
+                                      float("inf"))
         input_order = torch.zeros_like(sample_weights).scatter(-2, order, sample_weights).transpose(-1, -2)
         composite_rgb = 0
         for block in ([colors] if isinstance(colors, torch.Tensor) else colors):

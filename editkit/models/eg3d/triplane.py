@@ -43,12 +43,14 @@ class OSGDecoder(torch.nn.Module):
 class TriPlaneGenerator(torch.nn.Module):
     """z and camera label c (25 floats) -> {'image', 'image_raw', 'image_depth'}.
 
+    `triplane_resolution` is editkit's one addition to the official arguments (official models: 256, the default);
+    the demo teacher uses 128 px planes, which fit twice as fast on a CPU.
     `neural_rendering_resolution` (a plain attribute, default 64; FFHQ models use 128) sets the size of the
     volume-rendered image; passing `neural_rendering_resolution` to `synthesis` changes it, as upstream.
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs=None,
-                 rendering_kwargs=None, sr_kwargs=None, **synthesis_kwargs):
+                 rendering_kwargs=None, sr_kwargs=None, triplane_resolution=256, **synthesis_kwargs):
         super().__init__()
         rendering_kwargs = {} if rendering_kwargs is None else rendering_kwargs
         for key in ("superresolution_module", "sr_antialias"):
@@ -65,7 +67,7 @@ class TriPlaneGenerator(torch.nn.Module):
         self.img_channels = img_channels
         self.renderer = ImportanceRenderer()
         self.ray_sampler = RaySampler()
-        self.backbone = Generator(z_dim, c_dim, w_dim, img_resolution=256, img_channels=PLANE_CHANNELS * 3,
+        self.backbone = Generator(z_dim, c_dim, w_dim, img_resolution=triplane_resolution, img_channels=PLANE_CHANNELS * 3,
                                   mapping_kwargs=mapping_kwargs, **synthesis_kwargs)
         self.superresolution = SUPERRESOLUTION_CLASSES[sr_name](
             channels=PLANE_CHANNELS, img_resolution=img_resolution, sr_num_fp16_res=sr_num_fp16_res,
@@ -92,7 +94,7 @@ class TriPlaneGenerator(torch.nn.Module):
                                      truncation_cutoff=truncation_cutoff, update_emas=update_emas)
 
     def planes(self, ws, update_emas=False, **synthesis_kwargs):
-        """The tri-planes (N, 3, 32, 256, 256) for ws."""
+        """The tri-planes (N, 3, 32, R, R) for ws (R = triplane_resolution, 256 in official models)."""
         planes = self.backbone.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
         return planes.view(len(planes), 3, PLANE_CHANNELS, planes.shape[-2], planes.shape[-1])
 
