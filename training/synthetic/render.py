@@ -212,6 +212,9 @@ class HeadRenderer:
     def __init__(self, resolution: int = 128, model: HeadModel | None = None, antialias: bool = True,
                  background=(1.0, 1.0, 1.0), background_depth: float = RAY_END):
         import moderngl
+        # Mesa's llvmpipe and triton (which torch loads lazily, e.g. on importing torchvision.ops) each bring an
+        # LLVM; loading triton after an EGL context exists crashes the process (measured), so load it first.
+        import torch._dynamo  # noqa: F401
 
         self.model = model or HeadModel.load()
         self.resolution, self.background_depth = int(resolution), float(background_depth)

@@ -1,0 +1,305 @@
+"""Fit a small EG3D TriPlaneGenerator to the demo world on a CPU: `python -m training.fit_teacher --run DIR`.
+
+The fit is supervised. Each step draws latents z and cameras, renders the heads that z decodes to
+(`training.synthetic.latent.params_from_z`) with the demo world's renderer, and pulls the generator's image, raw
+(volume-rendered) image and depth towards those renders (L1 + LPIPS on the image, L1 on the raw image, masked L1 on
+depth, EG3D's density smoothness term). The network is an unmodified EG3D TriPlaneGenerator (official class and
+arguments, plus 128 px tri-planes), so everything that works on official weights works on it.
+
+Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOTES.md section 5):
+- mapping lr multiplier 1 instead of EG3D's 0.01: with 0.01 the per-head variation is barely learned;
+- camera conditioning zeroed (`c_gen_conditioning_zero`): the head must not depend on the view;
+- 128 px tri-planes instead of 256: 1.7x faster steps, no visible loss at 128 px output;
+- LPIPS on the image: the only loss term that brought out eyes, nose and lips in earlier attempts;
+- an EMA copy of the weights is evaluated and exported.
+A run stops after `--minutes`, saving its state; the same command continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from editkit import cameras
+from editkit.checkpoints import load_generator, save_model
+from editkit.models.eg3d import TriPlaneGenerator
+from editkit.models.eg3d.configs import rendering_kwargs
+from training.state import load_latest_state, save_state
+from training.synthetic.latent import LATENT_SIZE, params_from_z
+
+CONFIGS = {
+    # the shipped demo teacher
+    "demo": dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
+                 channel_max=64, samples=16),
+    # a few seconds per step: for tests
+    "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
+                 channel_max=16, samples=6),
+}
+DEFAULTS = dict(config="demo", batch=4, lr=1e-3, seed=0, lpips="vgg", lpips_weight=1.0, raw_weight=1.0,
+                depth_weight=1.0, density_reg=0.25, ema_beta=0.998, yaw_range=50.0, pitch_std=8.0)
+EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
+
+
+def teacher_kwargs(config: dict) -> dict:
+    """TriPlaneGenerator arguments for one of CONFIGS (EG3D's FFHQ recipe, shrunk)."""
+    rendering = rendering_kwargs(
+        image_resolution=config["img_resolution"],
+        superresolution_module="training.superresolution.SuperresolutionHybrid2X",
+        c_gen_conditioning_zero=True, white_back=True,
+        depth_resolution=config["samples"], depth_resolution_importance=config["samples"])
+    return dict(z_dim=LATENT_SIZE, c_dim=25, w_dim=512, img_resolution=config["img_resolution"], img_channels=3,
+                sr_num_fp16_res=0, mapping_kwargs=dict(num_layers=2, lr_multiplier=1.0),
+                rendering_kwargs=rendering, triplane_resolution=config["triplane_resolution"],
+                sr_kwargs=dict(channel_base=config["channel_base"], channel_max=config["channel_max"],
+                               fused_modconv_default="inference_only"),
+                channel_base=config["channel_base"], channel_max=config["channel_max"],
+                fused_modconv_default="inference_only", num_fp16_res=0, conv_clamp=None)
+
+
+def build_teacher(config: dict) -> TriPlaneGenerator:
+    G = TriPlaneGenerator(**teacher_kwargs(config))
+    G.neural_rendering_resolution = config["neural_rendering_resolution"]
+    return G
+
+
+def sample_cameras(generator: torch.Generator, n: int, yaw_range: float, pitch_std: float) -> torch.Tensor:
+    """(n, 25) labels: yaw uniform in +-yaw_range (wider than the evaluation), pitch normal, clipped at 2.5 std."""
+    yaw = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * yaw_range
+    pitch = torch.randn(n, generator=generator, dtype=torch.float64).clamp(-2.5, 2.5) * pitch_std
+    return cameras.make_label(yaw, pitch).float()
+
+
+class GroundTruth:
+    """Renders the heads of latents z at labels: image at the output size; raw image, depth, mask at the
+    neural rendering size (box-filtered), all as torch tensors in EG3D's ranges."""
+
+    def __init__(self, resolution: int, neural_resolution: int):
+        from training.synthetic.render import HeadRenderer  # needs EGL: import only when rendering
+
+        self.renderer = HeadRenderer(resolution)
+        self.factor = resolution // neural_resolution
+
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor) -> dict:
+        out = self.renderer.render_batch(params_from_z(z.numpy()), labels.double().numpy())
+        image = torch.from_numpy(out["image"]).permute(0, 3, 1, 2) * 2 - 1
+        mask = torch.from_numpy(out["mask"])[:, None]
+        depth = torch.from_numpy(out["depth"])[:, None]
+        coverage = F.avg_pool2d(mask, self.factor)
+        return {"image": image, "image_raw": F.avg_pool2d(image, self.factor),
+                "depth": F.avg_pool2d(depth * mask, self.factor) / coverage.clamp_min(1e-6),
+                "inside": coverage > 0.999}
+
+
+def density_smoothness(G, planes: torch.Tensor, generator: torch.Generator, points: int = 1000) -> torch.Tensor:
+    """EG3D's density regulariser: L1 between densities at random points and at points moved by p_dist."""
+    opts = G.rendering_kwargs
+    coords = torch.rand(len(planes), points, 3, generator=generator) * 2 - 1
+    moved = coords + torch.randn(coords.shape, generator=generator) * opts["density_reg_p_dist"]
+    both = torch.cat([coords, moved], 1)
+    sigma = G.renderer.run_model(planes, G.decoder, both, torch.zeros_like(both), opts)["sigma"]
+    return (sigma[:, :points] - sigma[:, points:]).abs().mean()
+
+
+def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torch.Generator) -> dict:
+    """The loss terms of one step; 'total' is their weighted sum."""
+    ws = G.mapping(z, labels, update_emas=True)
+    out = G.synthesis(ws, labels, cache_backbone=True)
+    inside = truth["inside"]
+    terms = {"image": (out["image"] - truth["image"]).abs().mean(),
+             "raw": (out["image_raw"] - truth["image_raw"]).abs().mean(),
+             "depth": ((out["image_depth"] - truth["depth"]).abs() * inside).sum() / inside.sum().clamp_min(1)}
+    total = terms["image"] + settings["raw_weight"] * terms["raw"] + settings["depth_weight"] * terms["depth"]
+    if lpips is not None:
+        terms["lpips"] = lpips(out["image"], truth["image"]).mean()
+        total = total + settings["lpips_weight"] * terms["lpips"]
+    if settings["density_reg"] > 0:
+        terms["density"] = density_smoothness(G, G._last_planes, generator)
+        total = total + settings["density_reg"] * terms["density"]
+    G._last_planes = None
+    terms["total"] = total
+    return terms
+
+
+def evaluation_set(truth: GroundTruth, heads: int = EVAL_HEADS, yaws=EVAL_YAWS) -> dict:
+    """Held-out heads (their own seed) at fixed yaws, pitch 0, with their ground truth."""
+    z = torch.randn(heads, LATENT_SIZE, generator=torch.Generator().manual_seed(EVAL_SEED))
+    z = z.repeat_interleave(len(yaws), 0)
+    labels = cameras.make_label(torch.tensor(yaws * heads, dtype=torch.float64), 0.0).float()
+    return {"z": z, "labels": labels, **truth(z, labels)}
+
+
+@torch.no_grad()
+def evaluate(G, data: dict, batch: int = 10) -> dict:
+    """PSNR (dB) of the image at the output size, mean depth error inside the head (scene units)."""
+    G.eval()
+    sq_err, depth_err, inside = [], 0.0, 0
+    for i in range(0, len(data["z"]), batch):
+        sl = slice(i, i + batch)
+        ws = G.mapping(data["z"][sl], data["labels"][sl])
+        out = G.synthesis(ws, data["labels"][sl], noise_mode="const")
+        sq_err.append(((out["image"].clamp(-1, 1) - data["image"][sl]) / 2).pow(2).mean((1, 2, 3)))
+        mask = data["inside"][sl]
+        depth_err += float(((out["image_depth"] - data["depth"][sl]).abs() * mask).sum())
+        inside += int(mask.sum())
+    psnr = -10 * torch.log10(torch.cat(sq_err))
+    return {"psnr": float(psnr.mean()), "depth_error": depth_err / max(inside, 1)}
+
+
+def update_ema(G_ema, G, beta: float) -> None:
+    with torch.no_grad():
+        for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+            p_ema.lerp_(p, 1 - beta)
+        for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+            b_ema.copy_(b)
+
+
+def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: int | None = None,
+        checkpoint_minutes: float = 10, eval_minutes: float = 20, log_every: int = 10, threads: int | None = None,
+        eval_heads: int = EVAL_HEADS, init_from: Path | None = None) -> dict:
+    """Fit (or continue fitting) until `minutes` of wall time or `max_steps` in all; returns the last evaluation.
+
+    `init_from`: a saved teacher (.safetensors) to start a new run from (e.g. the shipped one on a new machine).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = CONFIGS[settings["config"]]
+    torch.manual_seed(settings["seed"])  # initial weights; then the backbone's noise inputs
+    G = build_teacher(config).train()
+    if init_from is not None:
+        G.load_state_dict(load_generator(init_from).state_dict())
+    G_ema = copy.deepcopy(G).eval()
+    opt = torch.optim.Adam(G.parameters(), lr=settings["lr"], betas=(0.9, 0.99))
+    generator = torch.Generator().manual_seed(settings["seed"])
+    step, elapsed = 0, 0.0
+    state = load_latest_state(run_dir)
+    if state is not None:
+        G.load_state_dict(state["G"])
+        G_ema.load_state_dict(state["G_ema"])
+        opt.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        if "torch_rng" in state:  # absent in the states of the first demo run
+            torch.set_rng_state(state["torch_rng"])
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"resuming {run_dir} at step {step} ({elapsed / 60:.1f} min fitted)")
+    for group in opt.param_groups:  # a resumed run may lower the learning rate
+        group["lr"] = settings["lr"]
+
+    def save():
+        save_state(run_dir, step, {"G": G.state_dict(), "G_ema": G_ema.state_dict(),
+                                   "optimizer": opt.state_dict(), "generator": generator.get_state(),
+                                   "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed,
+                                   "settings": json.dumps(settings)})
+
+    def log(record):
+        with (run_dir / "log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    truth = GroundTruth(config["img_resolution"], config["neural_rendering_resolution"])
+    eval_data = evaluation_set(truth, eval_heads)
+    lpips = None
+    if settings["lpips"] != "none":
+        from editkit.perceptual import LPIPS
+        lpips = LPIPS(settings["lpips"])
+    start = last_save = last_eval = time.time()
+    bar = tqdm(desc="fit teacher", unit="step", initial=step, total=max_steps, mininterval=30)
+    while (minutes is None or time.time() - start < minutes * 60) and (max_steps is None or step < max_steps):
+        t0 = time.time()
+        z = torch.randn(settings["batch"], LATENT_SIZE, generator=generator)
+        labels = sample_cameras(generator, settings["batch"], settings["yaw_range"], settings["pitch_std"])
+        terms = fit_losses(G, lpips, truth(z, labels), z, labels, settings, generator)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+        step += 1
+        update_ema(G_ema, G, min(settings["ema_beta"], (1 + step) / (10 + step)))
+        elapsed += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{terms['total'].detach().item():.3f}", refresh=False)
+        if step % log_every == 0:
+            log({"step": step, "minutes": round(elapsed / 60, 2), "sec_per_step": round(time.time() - t0, 3),
+                 **{k: round(v.item(), 5) for k, v in terms.items()}})
+        if time.time() - last_eval >= eval_minutes * 60:
+            log({"step": step, "minutes": round(elapsed / 60, 2), "eval": evaluate(G_ema, eval_data)})
+            last_eval = time.time()
+        if time.time() - last_save >= checkpoint_minutes * 60:
+            save()
+            last_save = time.time()
+    bar.close()
+    save()
+    result = evaluate(G_ema, eval_data)
+    log({"step": step, "minutes": round(elapsed / 60, 2), "eval": result})
+    print(f"step {step}, {elapsed / 60:.1f} min fitted: PSNR {result['psnr']:.2f} dB, "
+          f"depth error {result['depth_error']:.4f}")
+    return result
+
+
+def export(run_dir: Path, out: Path, force: bool = False) -> Path:
+    """Save the run's EMA generator as an editkit checkpoint (safetensors + JSON with provenance)."""
+    state = load_latest_state(run_dir)
+    if state is None:
+        raise SystemExit(f"{run_dir}: no training state to export")
+    settings = json.loads(state["settings"])
+    G = build_teacher(CONFIGS[settings["config"]])
+    G.load_state_dict(state["G_ema"])
+    evals = [r["eval"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if "eval" in r]
+    provenance = {"recipe": "training.fit_teacher", "settings": settings, "steps": state["step"],
+                  "fit_minutes": round(state["elapsed"] / 60, 1),
+                  "data": "demo world (training/synthetic), rendered on the fly; latents z ~ N(0, I), "
+                          f"seed {settings['seed']}; evaluation heads from seed {EVAL_SEED}",
+                  "metrics": evals[-1] if evals else {}}
+    return save_model(out, {"G": G}, provenance=provenance, overwrite=force)
+
+def settings_for(run_dir: Path, overrides: dict) -> dict:
+    """The run's settings: saved ones for an existing run (only `lr` may change), else defaults + overrides."""
+    path = run_dir / "settings.json"
+    if path.exists():
+        settings = json.loads(path.read_text())
+        changed = {k: v for k, v in overrides.items() if k != "lr" and v is not None and v != settings.get(k)}
+        if changed:
+            raise SystemExit(f"{run_dir} was started with other settings ({changed} differ); use a new --run")
+        if overrides.get("lr") is not None:
+            settings["lr"] = overrides["lr"]
+        return settings
+    settings = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    if settings["config"] not in CONFIGS:
+        raise SystemExit(f"unknown --config {settings['config']!r}; known: {', '.join(CONFIGS)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return settings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.fit_teacher", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="run folder (state, log); reused to continue")
+    parser.add_argument("--minutes", type=float, default=100, help="wall-time budget of this invocation")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop at this step count (over all invocations)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10)
+    parser.add_argument("--eval-minutes", type=float, default=20)
+    parser.add_argument("--init-from", type=Path, default=None, help="start a new run from a saved teacher")
+    parser.add_argument("--export", type=Path, default=None, metavar="OUT.safetensors",
+                        help="instead of fitting, save the run's EMA generator here")
+    parser.add_argument("--force", action="store_true", help="let --export overwrite")
+    for key, value in DEFAULTS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
+                            help=f"(new runs; default {value})")
+    args = parser.parse_args(argv)
+    if args.export:
+        print(f"wrote {export(args.run, args.export, args.force)}")
+        return 0
+    settings = settings_for(args.run, {k: getattr(args, k) for k in DEFAULTS})
+    run(args.run, settings, args.minutes, args.max_steps, args.checkpoint_minutes, args.eval_minutes,
+        threads=args.threads, init_from=args.init_from)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
