@@ -127,9 +127,9 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     return terms
 
 
-def evaluation_set(truth: GroundTruth, heads: int = EVAL_HEADS, yaws=EVAL_YAWS) -> dict:
+def evaluation_set(truth: GroundTruth, heads: int = EVAL_HEADS, yaws=EVAL_YAWS, seed: int = EVAL_SEED) -> dict:
     """Held-out heads (their own seed) at fixed yaws, pitch 0, with their ground truth."""
-    z = torch.randn(heads, LATENT_SIZE, generator=torch.Generator().manual_seed(EVAL_SEED))
+    z = torch.randn(heads, LATENT_SIZE, generator=torch.Generator().manual_seed(seed))
     z = z.repeat_interleave(len(yaws), 0)
     labels = cameras.make_label(torch.tensor(yaws * heads, dtype=torch.float64), 0.0).float()
     return {"z": z, "labels": labels, **truth(z, labels)}
