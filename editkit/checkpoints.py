@@ -59,8 +59,10 @@ def class_path(cls) -> str:
 
 
 def buildable_classes() -> dict:
-    """The allow-list: dotted name -> class, for every network a config may name."""
-    return {class_path(cls): cls for cls in official_classes().values()}
+    """The allow-list: dotted name -> class, for every network a config may name (the port and the student)."""
+    from editkit.models.student import Student
+
+    return {class_path(cls): cls for cls in [*official_classes().values(), Student]}
 
 
 def build_module(class_name: str, init_kwargs: dict, attributes: dict | None = None, source="config"):
@@ -477,6 +479,22 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def register_model(name: str, path, kind: str, card: str, description: str, folder=None) -> dict:
+    """Add or replace registry entry `name` for the weights file `path` (inside the checkpoints folder)."""
+    folder = Path(folder or checkpoints_dir())
+    path = Path(path)
+    if path.resolve().parent != folder.resolve():
+        raise CheckpointError(f"{path}: registered weights must sit in {folder}")
+    if kind not in ("teacher", "student"):
+        raise CheckpointError(f"kind must be 'teacher' or 'student', got {kind!r}")
+    models = read_registry(folder)
+    models[name] = {"file": path.name, "sha256": sha256_file(path), "kind": kind, "card": card,
+                    "description": description}
+    text = json.dumps({"models": dict(sorted(models.items()))}, indent=2) + "\n"
+    atomic_write(folder / "registry.json", lambda tmp: tmp.write_text(text), force=True)
+    return models[name]
 
 
 def resolve_checkpoint(name_or_path) -> Path:

@@ -249,5 +249,17 @@ def test_registry_loads_by_name_and_checks_sha256(saved, tiny_eg3d, monkeypatch)
         checkpoints.load_generator("tiny")
 
 
+def test_register_model_writes_an_entry_that_loads(saved, tiny_eg3d, tmp_path):
+    folder = saved.parent
+    (folder / "registry.json").write_text('{"models": {}}')
+    entry = checkpoints.register_model("tiny", saved, "teacher", "tiny.md", "a tiny test model", folder=folder)
+    assert entry["sha256"] == checkpoints.sha256_file(saved)
+    assert checkpoints.read_registry(folder)["tiny"] == entry
+    with pytest.raises(CheckpointError, match="must sit in"):
+        checkpoints.register_model("elsewhere", tmp_path / "x" / "y.safetensors", "teacher", "", "", folder=folder)
+    with pytest.raises(CheckpointError, match="kind must be"):
+        checkpoints.register_model("tiny", saved, "critic", "", "", folder=folder)
+
+
 def test_repo_registry_is_valid():
     assert isinstance(checkpoints.read_registry(checkpoints.REPO_ROOT / "checkpoints"), dict)
