@@ -37,13 +37,13 @@ from training.synthetic.latent import LATENT_SIZE, params_from_z
 CONFIGS = {
     # the shipped demo teacher
     "demo": dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
-                 channel_max=64, samples=16),
+                 channel_max=32, samples=12),
     # a few seconds per step: for tests
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6),
 }
-DEFAULTS = dict(config="demo", batch=4, lr=1e-3, seed=0, lpips="vgg", lpips_weight=1.0, raw_weight=1.0,
-                depth_weight=1.0, density_reg=0.25, ema_beta=0.998, yaw_range=50.0, pitch_std=8.0)
+DEFAULTS = dict(config="demo", batch=4, lr=1e-3, seed=0, lpips="vgg", lpips_weight=0.3, lpips_after=600,
+                raw_weight=1.0, depth_weight=1.0, density_reg=0.25, ema_beta=0.998, yaw_range=50.0, pitch_std=8.0)
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
 
 
@@ -107,8 +107,8 @@ def density_smoothness(G, planes: torch.Tensor, generator: torch.Generator, poin
     return (sigma[:, :points] - sigma[:, points:]).abs().mean()
 
 
-def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torch.Generator) -> dict:
-    """The loss terms of one step; 'total' is their weighted sum."""
+def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torch.Generator, step: int) -> dict:
+    """The loss terms of one step; 'total' is their weighted sum. LPIPS joins after `lpips_after` steps."""
     ws = G.mapping(z, labels, update_emas=True)
     out = G.synthesis(ws, labels, cache_backbone=True)
     inside = truth["inside"]
@@ -116,7 +116,7 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
              "raw": (out["image_raw"] - truth["image_raw"]).abs().mean(),
              "depth": ((out["image_depth"] - truth["depth"]).abs() * inside).sum() / inside.sum().clamp_min(1)}
     total = terms["image"] + settings["raw_weight"] * terms["raw"] + settings["depth_weight"] * terms["depth"]
-    if lpips is not None:
+    if lpips is not None and step >= settings["lpips_after"]:
         terms["lpips"] = lpips(out["image"], truth["image"]).mean()
         total = total + settings["lpips_weight"] * terms["lpips"]
     if settings["density_reg"] > 0:
@@ -214,7 +214,7 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
         t0 = time.time()
         z = torch.randn(settings["batch"], LATENT_SIZE, generator=generator)
         labels = sample_cameras(generator, settings["batch"], settings["yaw_range"], settings["pitch_std"])
-        terms = fit_losses(G, lpips, truth(z, labels), z, labels, settings, generator)
+        terms = fit_losses(G, lpips, truth(z, labels), z, labels, settings, generator, step)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
