@@ -108,6 +108,7 @@ def test_backward_works_where_official_adds_in_place():
     net = build(ref)
     ws = net.mapping(torch.from_numpy(ref["z"]), torch.from_numpy(ref["c"])).detach().requires_grad_()
     out = net.synthesis(ws, torch.from_numpy(ref["c"]), neural_rendering_resolution=32)
+    assert ((out["image_opacity"] >= 0) & (out["image_opacity"] <= 1)).all()
     (out["image"].mean() + out["image_raw"].mean() + out["image_depth"].mean()).backward()
     assert torch.isfinite(ws.grad).all() and ws.grad.abs().sum() > 0
     for prefix in ("backbone.synthesis.b4.", "backbone.synthesis.b256.", "decoder.", "superresolution.block0.",
@@ -126,8 +127,10 @@ def test_masked_depth_loss_has_finite_gradients_on_empty_rays():
     with torch.no_grad():  # a density bias of -1e4 empties every ray
         net.decoder.net[-1].bias[0] = -1e4
     ws = net.mapping(torch.from_numpy(ref["z"]), torch.from_numpy(ref["c"])).detach().requires_grad_()
-    depth = net.synthesis(ws, torch.from_numpy(ref["c"]), neural_rendering_resolution=16)["image_depth"]
+    out = net.synthesis(ws, torch.from_numpy(ref["c"]), neural_rendering_resolution=16)
+    depth = out["image_depth"]
     assert torch.isfinite(depth).all() and (depth >= net.rendering_kwargs["ray_end"]).all()
+    assert out["image_opacity"].shape == depth.shape and (out["image_opacity"] == 0).all()
     mask = torch.zeros_like(depth)
     mask[..., :4, :4] = 1
     (depth * mask).sum().backward()

@@ -100,7 +100,8 @@ class TriPlaneGenerator(torch.nn.Module):
 
     def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
                   use_cached_backbone=False, **synthesis_kwargs):
-        """Render ws from cameras c (N, 25): {'image', 'image_raw' (RGB of the features), 'image_depth'}."""
+        """Render ws from cameras c (N, 25): {'image', 'image_raw' (RGB of the features), 'image_depth',
+        'image_opacity' (accumulated opacity of each ray; editkit's addition, upstream computes and drops it)}."""
         check_shape(c, [ws.shape[0], 25], "c (camera label)")
         if neural_rendering_resolution is None:
             neural_rendering_resolution = self.neural_rendering_resolution
@@ -114,15 +115,17 @@ class TriPlaneGenerator(torch.nn.Module):
             planes = self.planes(ws, update_emas=update_emas, **synthesis_kwargs)
         if cache_backbone:
             self._last_planes = planes
-        features, depth, _ = self.renderer(planes, self.decoder, ray_origins, ray_directions, self.rendering_kwargs)
+        features, depth, opacity = self.renderer(planes, self.decoder, ray_origins, ray_directions,
+                                                 self.rendering_kwargs)
         n, res = len(ws), neural_rendering_resolution
         feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], res, res).contiguous()
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, res, res)
+        opacity_image = opacity.permute(0, 2, 1).reshape(n, 1, res, res)
         rgb_image = feature_image[:, :3]
         sr_kwargs = {k: v for k, v in synthesis_kwargs.items() if k != "noise_mode"}
         image = self.superresolution(rgb_image, feature_image, ws,
                                      noise_mode=self.rendering_kwargs["superresolution_noise_mode"], **sr_kwargs)
-        return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
+        return {"image": image, "image_raw": rgb_image, "image_depth": depth_image, "image_opacity": opacity_image}
 
     def sample(self, coordinates, directions, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False,
                **synthesis_kwargs):
