@@ -7,6 +7,7 @@ from official_pickle import call_pickle, write_official_pickle
 from safetensors.torch import load_file, save_file
 
 from editkit import checkpoints
+from editkit.cameras import make_label
 from editkit.errors import CheckpointError, OutputExistsError, UnsafePickleError
 from editkit.io import atomic_write
 
@@ -263,3 +264,13 @@ def test_register_model_writes_an_entry_that_loads(saved, tiny_eg3d, tmp_path):
 
 def test_repo_registry_is_valid():
     assert isinstance(checkpoints.read_registry(checkpoints.REPO_ROOT / "checkpoints"), dict)
+
+
+def test_every_shipped_model_loads_by_name_and_renders():
+    folder = checkpoints.REPO_ROOT / "checkpoints"
+    for name, entry in checkpoints.read_registry(folder).items():
+        assert (folder / entry["card"]).is_file(), f"{name} has no model card"
+        G = checkpoints.load_generator(name)
+        ws = G.mapping(torch.randn(1, G.z_dim), torch.zeros(1, 25))
+        image = G.synthesis(ws, make_label(0.0, 0.0).float())["image"]
+        assert image.shape == (1, 3, G.img_resolution, G.img_resolution) and torch.isfinite(image).all(), name
