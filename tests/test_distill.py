@@ -1,0 +1,209 @@
+"""The distillation trainer on a tiny teacher: losses go down, torchrun keeps processes in step, kill -9 + resume
+repeats an uninterrupted run exactly, the PC-GAN mode runs, bad inputs are clear errors.
+
+Runs that must be compared bit for bit, or need their own processes, run as subprocesses with one thread each.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from editkit import cameras, checkpoints
+from editkit.models.student import Student
+from training.distill.__main__ import main
+from training.distill.data import DatasetError, RealImages
+from training.state import state_files
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+# stage 2 with real images and R1 on every other step: every part of the training state is exercised
+STAGE2 = ["--stage", "2", "--batch", "1", "--real-ratio", "0.5", "--lpips-weight", "0", "--r1-interval", "2",
+          "--ckpt-every", "2", "--log-every", "2", "--sample-every", "0", "--steps", "8"]
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tiny_eg3d, tmp_path_factory):
+    """The tiny teacher (G_ema and D) in editkit's format."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    return checkpoints.save_model(path, {"G_ema": tiny_eg3d["G_ema"], "D": tiny_eg3d["D"]})
+
+
+def write_real_folder(folder: Path, n: int = 6, size: int = 128) -> Path:
+    """An EG3D-layout folder: n pictures of coloured blocks with camera labels."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = []
+    for i in range(n):
+        blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(np.kron(blocks, np.ones((size // 4, size // 4, 1), np.uint8))).save(folder / f"img{i}.png")
+        labels.append([f"img{i}.png", cameras.to_json(cameras.make_label(rng.normal(0, 18), rng.normal(0, 7)))])
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_folder(tmp_path_factory):
+    return write_real_folder(tmp_path_factory.mktemp("data") / "real")
+
+
+def distill_command(teacher, out, *options):
+    return [sys.executable, "-m", "training.distill", "--teacher", str(teacher), "--out", str(out), *options]
+
+
+def run(command) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def losses(out: Path, key: str) -> list:
+    return [r[key] for r in read_log(out) if key in r]
+
+
+def read_log(out: Path) -> list:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def final_state(out: Path) -> dict:
+    return torch.load(state_files(out / "checkpoints")[0], weights_only=True)
+
+
+def assert_same_tensors(a, b, where=""):
+    """Nested dicts/lists of tensors and numbers are equal bit for bit."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def stage2_run(teacher_file, real_folder, tmp_path_factory):
+    """An uninterrupted 8-step stage-2 run (subprocess, one thread): the reference for the resume test."""
+    out = tmp_path_factory.mktemp("stage2") / "run"
+    run(distill_command(teacher_file, out, "--real", str(real_folder), *STAGE2))
+    return out
+
+
+def test_stage2_lowers_the_reconstruction_loss_and_trains_the_discriminator(stage2_run):
+    l1 = losses(stage2_run, "l1")
+    assert len(l1) == 4 and l1[-1] < 0.7 * l1[0]
+    assert len(losses(stage2_run, "d_loss")) == 4 and len(losses(stage2_run, "r1")) == 4
+    state = final_state(stage2_run)
+    assert state["step"] == 8 and state["D"] and state["opt_d"]["state"]
+
+
+def test_kill_9_then_resume_repeats_the_uninterrupted_run(teacher_file, real_folder, stage2_run, tmp_path):
+    out = tmp_path / "run"
+    command = distill_command(teacher_file, out, "--real", str(real_folder), *STAGE2)
+    proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(state_files(out / "checkpoints")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    newest = state_files(out / "checkpoints")[0]
+    newest.write_bytes(newest.read_bytes()[:1000])  # a damaged newest checkpoint: resume falls back to the older one
+    done = run(command)
+    assert f"skipping unreadable training state {newest.name}" in done.stderr
+    training_state = ("step", "student", "student_ema", "D", "opt_g", "opt_d")
+    resumed, reference = final_state(out), final_state(stage2_run)
+    assert_same_tensors({k: resumed[k] for k in training_state}, {k: reference[k] for k in training_state})
+    assert_same_tensors(load_file(out / "student.safetensors"), load_file(stage2_run / "student.safetensors"))
+    timing = ("elapsed_s", "images_per_s")
+    strip = [{k: v for k, v in r.items() if k not in timing} for r in read_log(stage2_run)]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in read_log(out)] == strip
+
+
+def test_two_torchrun_processes_keep_identical_weights(teacher_file, real_folder, tmp_path):
+    out = tmp_path / "run"
+    command = distill_command(teacher_file, out, "--real", str(real_folder), *STAGE2)
+    command[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training.distill"]
+    command[command.index("--steps") + 1] = "2"
+    command[command.index("--ckpt-every") + 1] = "1"
+    run(command)
+    checks = [r for r in read_log(out) if r.get("event") == "checkpoint"]
+    assert [r["step"] for r in checks] == [1, 2]
+    for record in checks:
+        assert len(record["fingerprints"]) == 2 and record["fingerprints"][0] == record["fingerprints"][1]
+
+
+def test_stage1_lowers_its_loss_and_writes_samples_and_the_student(teacher_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--teacher", str(teacher_file), "--out", str(out), "--stage", "1", "--batch", "2", "--steps", "10",
+            "--lpips-net", "alex", "--lpips-weight", "0.5", "--log-every", "2", "--sample-every", "10",
+            "--ema-beta", "0.5"]
+    assert main(argv) == 0
+    g_loss, lpips = losses(out, "g_loss"), losses(out, "lpips")
+    assert len(g_loss) == 5 and g_loss[-1] < 0.7 * g_loss[0] and len(lpips) == 5
+    grid = Image.open(out / "samples" / "step-00000010.png")
+    assert grid.size == (2 * 5 * 128 + 8, 4 * 128)  # teacher | student, 5 yaws, 4 latents
+    student = checkpoints.load_generator(out / "student.safetensors")
+    assert isinstance(student, Student)
+    provenance = checkpoints.read_config(out / "student.safetensors")["provenance"]
+    assert provenance["command"].startswith("python -m training.distill --teacher")
+    assert provenance["data"]["teacher_sha256"] == checkpoints.sha256_file(teacher_file)
+    assert provenance["training"]["steps"] == 10 and provenance["metrics"]["g_loss"] == g_loss[-1]
+
+
+def test_pcgan_mode_trains_without_the_teacher(teacher_file, real_folder, tiny_eg3d, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--teacher", str(teacher_file), "--out", str(out), "--mode", "pcgan", "--real", str(real_folder),
+            "--batch", "2", "--steps", "2", "--log-every", "1", "--sample-every", "0"]
+    assert main(argv) == 0
+    records = [r for r in read_log(out) if "g_loss" in r]
+    assert len(records) == 2 and all("l1" not in r and "d_loss" in r for r in records)
+    student = checkpoints.load_generator(out / "student.safetensors")
+    teacher_fc0 = tiny_eg3d["G_ema"].backbone.mapping.fc0.weight
+    assert not torch.equal(student.mapping_network.fc0.weight, teacher_fc0)  # --init fresh: nothing from the teacher
+
+
+def test_bad_dataset_folders_are_clear_errors(tmp_path):
+    good = write_real_folder(tmp_path / "good", n=2)
+    assert len(RealImages(good, 64)) == 2 and RealImages(good, 64).batch([1])[0].shape == (1, 3, 64, 64)
+    cases = {
+        "missing": (lambda d: None, "no such folder"),
+        "nojson": (lambda d: d.mkdir(), "no dataset.json"),
+        "badjson": (lambda d: (d.mkdir(), (d / "dataset.json").write_text("{")), "not a JSON object"),
+        "short": (lambda d: (d.mkdir(), (d / "dataset.json").write_text('{"labels": [["a.png", [0, 1]]]}')),
+                  r"labels\[0\] is not \[filename, \[25 numbers\]\]"),
+        "noimage": (lambda d: (d.mkdir(), (d / "dataset.json").write_text(json.dumps(
+            {"labels": [["a.png", [0.0] * 25]]}))), "names a.png, which is not in"),
+        "notimage": (lambda d: (d.mkdir(), (d / "a.png").write_text("text"), (d / "dataset.json").write_text(
+            json.dumps({"labels": [["a.png", [0.0] * 25]]}))), "cannot read the image"),
+    }
+    for name, (make, message) in cases.items():
+        make(tmp_path / name)
+        with pytest.raises(DatasetError, match=message):
+            RealImages(tmp_path / name, 64)
+
+
+def test_cli_reports_user_errors_in_one_line(teacher_file, tmp_path, capsys):
+    base = ["--teacher", str(teacher_file), "--out", str(tmp_path / "run")]
+    cases = [(["--mode", "pcgan"], "give --real FOLDER"),
+             (["--stage", "1", "--real", str(tmp_path)], "stage 1 learns from the teacher only"),
+             (["--stage", "2", "--real", str(tmp_path / "nothing")], "no such folder"),
+             (["--stage", "2", "--real-ratio", "0", "--batch", "6"], "minibatch-std group size 4")]
+    for options, message in cases:
+        assert main(base + options) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1]

@@ -1,0 +1,112 @@
+"""What the distillation trainer feeds on: teacher renders of sampled (w, camera) pairs and real images.
+
+Cameras for the teacher come from a pose distribution wider than the data (uniform yaw and pitch), so the
+student also learns the views that are rare in real photos. Real images come from a folder in EG3D's dataset
+layout: image files plus `dataset.json` = `{"labels": [[filename, [25 floats]], ...]}`.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from editkit import cameras
+from editkit.errors import EditkitError
+
+
+class DatasetError(EditkitError):
+    """A real-image folder is missing, not in EG3D's layout, or holds unreadable images."""
+
+
+def sample_cameras(n: int, generator: torch.Generator, yaw_range: float, pitch_range: float) -> torch.Tensor:
+    """(n, 25) labels with yaw and pitch uniform in [-range, range] degrees (radius, pivot, focal of FFHQ)."""
+    yaw = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * yaw_range
+    pitch = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * pitch_range
+    return cameras.make_label(yaw, pitch)
+
+
+class TeacherSampler:
+    """Latents and renders from the teacher: w from its mapping (conditioned on the frontal camera, as editing and
+    inversion use it), images with the backbone's noise held constant so the target of a (w, camera) is fixed."""
+
+    def __init__(self, G, truncation_psi: float = 1.0):
+        self.G = G
+        self.truncation_psi = truncation_psi
+        self.device = G.w_avg.device
+
+    @torch.no_grad()
+    def sample_ws(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        z = torch.randn(n, self.G.z_dim, generator=generator).to(self.device)
+        cond = cameras.frontal_label().to(self.device).expand(n, -1)
+        return self.G.mapping(z, cond, truncation_psi=self.truncation_psi)
+
+    @torch.no_grad()
+    def render(self, ws: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The teacher's final image (N, 3, R, R) for ws from cameras c (draws from torch's default generator)."""
+        return self.G.synthesis(ws, c.to(self.device), noise_mode="const")["image"]
+
+
+def read_labels(folder: Path) -> list:
+    """[(filename, label (25,) float32)] from `folder/dataset.json`, checked entry by entry."""
+    path = folder / "dataset.json"
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder (expected an EG3D dataset folder with dataset.json)")
+    if not path.is_file():
+        raise DatasetError(f"{folder}: no dataset.json; an EG3D dataset folder holds images and a dataset.json "
+                           "with {\"labels\": [[filename, [25 floats]], ...]} (write one with "
+                           "`python -m training.synthetic`)")
+    try:
+        labels = json.loads(path.read_text()).get("labels")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise DatasetError(f"{path}: not a JSON object with \"labels\" ({e})") from None
+    if not isinstance(labels, list) or not labels:
+        raise DatasetError(f"{path}: \"labels\" must be a non-empty list of [filename, [25 floats]]")
+    entries = []
+    for i, entry in enumerate(labels):
+        ok = (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+              and isinstance(entry[1], list) and len(entry[1]) == 25
+              and all(isinstance(v, (int, float)) for v in entry[1]))
+        if not ok:
+            raise DatasetError(f"{path}: labels[{i}] is not [filename, [25 numbers]] (got {str(entry)[:80]})")
+        label = np.asarray(entry[1], np.float32)
+        if not np.isfinite(label).all():
+            raise DatasetError(f"{path}: labels[{i}] ({entry[0]}) has non-finite values")
+        if not (folder / entry[0]).is_file():
+            raise DatasetError(f"{path}: labels[{i}] names {entry[0]}, which is not in {folder}")
+        entries.append((entry[0], label))
+    return entries
+
+
+class RealImages:
+    """The images and camera labels of an EG3D dataset folder, as tensors in [-1, 1] at `resolution`."""
+
+    def __init__(self, folder, resolution: int):
+        self.folder = Path(folder)
+        self.resolution = resolution
+        self.entries = read_labels(self.folder)
+        self.labels = torch.from_numpy(np.stack([label for _, label in self.entries]))
+        self.load(0)  # a first image that does not open fails here, not hours into a run
+
+    def __len__(self):
+        return len(self.entries)
+
+    def load(self, index: int) -> torch.Tensor:
+        """Image `index` as (3, resolution, resolution) float32 in [-1, 1]; square images are resized to fit."""
+        path = self.folder / self.entries[index][0]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, UnidentifiedImageError) as e:
+            raise DatasetError(f"{path}: cannot read the image ({e})") from None
+        if img.width != img.height:
+            raise DatasetError(f"{path}: image is {img.width}x{img.height}; EG3D datasets hold square crops")
+        if img.width != self.resolution:
+            img = img.resize((self.resolution, self.resolution), Image.LANCZOS)
+        return torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+    def batch(self, indices) -> tuple:
+        """(images (N, 3, R, R), labels (N, 25)) for dataset indices."""
+        indices = [int(i) for i in indices]
+        return torch.stack([self.load(i) for i in indices]), self.labels[indices]
