@@ -1,0 +1,106 @@
+"""Accuracy and speed of the face front end on demo-world renders with known cameras (and on real photos).
+
+    python benchmarks/faces.py [--n 20] [--resolutions 128 256 512] [--seed 0] [--photos PHOTO ...]
+
+Renders `n` random heads (identity, expression, appearance and light from `sample_params`) at yaw spread evenly
+over -35..35 degrees and pitch ~ N(0, 7) clipped to +-15, at each resolution, and reports:
+
+* detector hit rates: MTCNN alone, dlib HOG alone (upsampled once below 512 px), and the default chain;
+* camera error (geodesic angle between the estimated and the true camera rotation, degrees; and yaw/pitch errors)
+  of PnP on the true landmarks without alignment (the mean-head template's own limit), and of the whole front
+  end: detection, dlib landmarks, alignment, PnP;
+* wall time of `prepare_face` per image.
+
+`--photos` adds real photos: faces found by each detector and the estimated yaw/pitch (no truth to compare).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from editkit import cameras  # noqa: E402
+from editkit.errors import FaceError  # noqa: E402
+from editkit.faces import estimate_camera, load_photo, prepare_face  # noqa: E402
+from editkit.faces.detect import detect_hog, detect_mtcnn  # noqa: E402
+from training.synthetic.head_model import sample_params  # noqa: E402
+from training.synthetic.render import HeadRenderer  # noqa: E402
+
+
+def angle(a, b) -> float:
+    return float(cameras.rotation_angle_deg(a[None], b[None]))
+
+
+def stats(values) -> str:
+    v = np.asarray(values)
+    return f"median {np.median(v):5.2f}  mean {v.mean():5.2f}  p90 {np.percentile(v, 90):5.2f}  max {v.max():5.2f}"
+
+
+def synthetic(n: int, resolution: int, seed: int):
+    rng = np.random.default_rng(seed)
+    params = sample_params(rng, n)
+    yaws = np.linspace(-35, 35, n)
+    pitches = np.clip(rng.normal(0, 7, n), -15, 15)
+    renderer = HeadRenderer(resolution)
+    hits = {"mtcnn": 0, "hog": 0, "chain": 0}
+    template, full, yaw_err, pitch_err, seconds = [], [], [], [], []
+    for p, yaw, pitch in zip(params, yaws, pitches):
+        label = cameras.make_label(yaw, pitch)[0]
+        out = renderer.render(p, label.numpy())
+        image = np.round(out["image"] * 255).astype(np.uint8)
+        hits["mtcnn"] += bool(detect_mtcnn(image))
+        hits["hog"] += bool(detect_hog(image))
+        template.append(angle(estimate_camera(out["landmarks2d"], resolution), label))
+        start = time.perf_counter()
+        try:
+            face = prepare_face(image, resolution)
+        except FaceError:
+            continue
+        seconds.append(time.perf_counter() - start)
+        hits["chain"] += 1
+        full.append(angle(face.label, label))
+        yaw_err.append(abs(face.yaw_pitch[0] - yaw))
+        pitch_err.append(abs(face.yaw_pitch[1] - pitch))
+    renderer.release()
+    print(f"\n{resolution} px, {n} renders, yaw -35..35, pitch ~ N(0, 7) clipped to 15, seed {seed}")
+    print("  faces found: " + ", ".join(f"{k} {v}/{n}" for k, v in hits.items()))
+    print(f"  PnP on true landmarks, no alignment (template limit): {stats(template)}")
+    print(f"  full front end (detect, dlib, align, PnP):            {stats(full)}")
+    print(f"    |yaw error| {stats(yaw_err)}")
+    print(f"    |pitch error| {stats(pitch_err)}")
+    print(f"  prepare_face wall time: median {statistics.median(seconds) * 1e3:.0f} ms")
+
+
+def photos(paths):
+    print("\nreal photos (no ground truth)")
+    for path in paths:
+        image = load_photo(path)
+        found = f"MTCNN {len(detect_mtcnn(image))}, HOG {len(detect_hog(image))}"
+        try:
+            face = prepare_face(image, 256, source=str(path))
+            yaw, pitch = face.yaw_pitch
+            print(f"  {Path(path).name:28} {found}: {face.face.detector}, yaw {yaw:+6.1f}, pitch {pitch:+6.1f}")
+        except FaceError as e:
+            print(f"  {Path(path).name:28} {found}: {e}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--photos", nargs="*", default=[], help="real photos to run the front end on")
+    args = parser.parse_args()
+    for resolution in args.resolutions:
+        synthetic(args.n, resolution, args.seed)
+    if args.photos:
+        photos(args.photos)
+
+
+if __name__ == "__main__":
+    main()
