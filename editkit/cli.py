@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from editkit import __version__
+from editkit.editing import commands as editing_commands
 from editkit.errors import EditkitError, OutputExistsError
 
 
@@ -76,10 +77,118 @@ def models(args):
         print(f"{name:24} {entry.get('kind', '?'):8} {size:>10}  {entry.get('description', '')}")
 
 
+def evaluate_arguments(parser):
+    parser.add_argument("--models", required=True,
+                        help="comma-separated registry names or paths; the first model's mapping makes the latents "
+                             "(e.g. demo-teacher,demo-student)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json, report.md, plots, samples")
+    parser.add_argument("--id", action="store_true", help="identity across views (face-recognition embeddings)")
+    parser.add_argument("--landmarks", action="store_true", help="landmark consistency (triangulated 68 landmarks)")
+    parser.add_argument("--pose", action="store_true", help="pose accuracy (camera estimated from the image)")
+    parser.add_argument("--fid", type=Path, metavar="REAL_DIR",
+                        help="also FID/KID against this folder of real images (needs the Inception weights locally, "
+                             "see editkit/metrics/fid.py)")
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="also run the detector, pose estimator and ID network on demo-world ground truth")
+    parser.add_argument("--noise-floor-n", type=int, default=50, help="heads for --noise-floor (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=200, help="latents (default: %(default)s)")
+    parser.add_argument("--views", type=int, default=5, help="yaws per latent (default: %(default)s)")
+    parser.add_argument("--yaw-range", type=float, default=35.0,
+                        help="yaws are evenly spaced in [-R, R] degrees (default: %(default)s)")
+    parser.add_argument("--pitch", type=float, default=0.0, help="pitch in degrees (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latents (default: %(default)s)")
+    parser.add_argument("--truncation", type=float, default=0.7, help="truncation psi (default: %(default)s)")
+    parser.add_argument("--id-model", metavar="SPEC",
+                        help="face-recognition weights: [arcface:|sface:|iresnet:|facenet:|dlib:]PATH, or 'dlib' "
+                             "(default: $EDITKIT_ID_MODEL, else dlib's ResNet; see editkit/metrics/identity.py)")
+    parser.add_argument("--samples", type=int, default=8, help="latents shown in the sample grids (default: 8)")
+    parser.add_argument("--device", default="cpu", help="torch device for the generators (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing report in --out")
+
+
+def evaluate(args):
+    """Measure pose accuracy, landmark consistency, identity and speed of models side by side."""
+    from editkit.evaluation import EvalConfig, run
+
+    chosen = {"identity": args.id, "landmarks": args.landmarks, "pose": args.pose}
+    if not any(chosen.values()):
+        chosen = dict.fromkeys(chosen, True)  # none asked for: all three
+    config = EvalConfig(
+        models=[m.strip() for m in args.models.split(",") if m.strip()], n=args.n, views=args.views,
+        yaw_range=args.yaw_range, pitch=args.pitch, seed=args.seed, truncation_psi=args.truncation,
+        id_model=args.id_model, fid_real=str(args.fid) if args.fid else None, noise_floor=args.noise_floor,
+        noise_floor_n=args.noise_floor_n, samples=args.samples, device=args.device, **chosen)
+    written = run(config, args.out, force=args.force)
+    print(f"wrote {len(written)} files to {args.out}: report.md, metrics.json, plots/, samples/")
+
+
+def invert_arguments(parser):
+    parser.add_argument("photos", type=Path, nargs="+", help="photos (.jpg, .png, ...) and/or folders of photos")
+    parser.add_argument("--out", type=Path, required=True, help="output folder: one subfolder per photo")
+    parser.add_argument("--model", help="registry name or .safetensors/.pkl file (default: demo-student, or "
+                                        "demo-teacher with --generator teacher)")
+    parser.add_argument("--generator", choices=["student", "teacher"], default=None,
+                        help="invert through the student (default) or the teacher; with --model it must match")
+    parser.add_argument("--steps", type=int, help="optimisation steps (default: editkit.inversion.Settings, "
+                                                   "see docs/inversion.md)")
+    parser.add_argument("--face-index", type=int, default=0, help="which face, largest first (default: 0)")
+    parser.add_argument("--lpips", choices=["alex", "vgg"],
+                        help="perceptual loss backbone (default: alex; vgg costs ~7x more on a CPU)")
+    parser.add_argument("--no-camera-refinement", action="store_true",
+                        help="keep the camera estimated from the landmarks")
+    parser.add_argument("--pti", action="store_true", help="also fine-tune a copy of the generator around the "
+                                                          "latent (pivotal tuning); saved as pti_generator.*")
+    parser.add_argument("--batch", type=int, default=4, help="photos optimised together (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def invert(args):
+    """Invert face photos into the generator's W+ space: aligned crop, camera, latent, reconstruction, views."""
+    from editkit import checkpoints
+    from editkit.faces import load_photo, photo_files
+    from editkit.inversion import Settings, generator_kind, invert_photos, output_files
+
+    files = photo_files(args.photos)
+    folders = [args.out / f.stem for f in files]
+    clash = next((f for f, d in zip(files, folders) if folders.count(d) > 1), None)
+    if clash is not None:
+        raise EditkitError(f"{clash}: two photos share the name '{clash.stem}' (each gets --out/<name>/); rename one")
+    for folder in folders:  # fail before the slow part
+        existing = [path for path in output_files(folder, args.pti) if path.exists()]
+        if existing and not args.force:
+            raise OutputExistsError(f"{existing[0]} already exists; use --force to overwrite it")
+    if (args.steps is not None and args.steps < 1) or args.batch < 1 or args.face_index < 0:
+        raise EditkitError("--steps and --batch must be at least 1 and --face-index at least 0")
+    name = args.model or f"demo-{args.generator or 'student'}"
+    if args.model is None and name not in checkpoints.read_registry():
+        raise EditkitError(f"no '{name}' model in the registry yet; pass --model NAME_OR_PATH (`editkit models` "
+                           "lists the registered ones)")
+    path = checkpoints.resolve_checkpoint(name)
+    G = checkpoints.load_generator(path)
+    if args.generator and generator_kind(G) != args.generator:
+        raise EditkitError(f"{name} holds a {generator_kind(G)} ({type(G).__name__}), not a {args.generator}")
+    model = {"name": name, "file": path.name, "sha256": checkpoints.sha256_file(path)}
+    given = {"steps": args.steps, "lpips": args.lpips}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None},
+                        refine_camera=not args.no_camera_refinement, pti=args.pti)
+    photos = [(f, load_photo(f)) for f in files]
+    results = invert_photos(photos, G, settings, args.face_index, model, batch_size=args.batch)
+    for folder, result in zip(folders, results):
+        result.save(folder, force=args.force)
+        record = result.record
+        yaw, pitch = record["camera"]["yaw"], record["camera"]["pitch"]
+        print(f"{result.source}: yaw {yaw:+.1f} pitch {pitch:+.1f} deg, LPIPS {record['losses']['lpips']:.3f}, "
+              f"PSNR {record['losses']['psnr']:.1f} dB, {record['timings']['total']:.1f} s -> {folder}/")
+
+
 # name -> (add arguments, run); the run function's docstring is the help text.
 COMMANDS = {
     "convert": (convert_arguments, convert),
     "models": (models_arguments, models),
+    "invert": (invert_arguments, invert),
+    "directions": (editing_commands.directions_arguments, editing_commands.directions),
+    "edit": (editing_commands.edit_arguments, editing_commands.edit),
+    "eval": (evaluate_arguments, evaluate),
 }
 
 

@@ -19,3 +19,15 @@ class UnsafePickleError(CheckpointError):
 
 class OutputExistsError(EditkitError):
     """An output file exists and overwriting was not asked for."""
+
+
+class FaceError(EditkitError):
+    """A photo holds no usable face: none found, too small, or the asked-for face index does not exist."""
+
+
+class NoFaceError(FaceError):
+    """The face detectors found no face in a photo."""
+
+
+class FaceTooSmallError(FaceError):
+    """The face is too small in the photo for a useful crop."""
