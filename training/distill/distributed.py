@@ -87,5 +87,8 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group together: a process that tears gloo down while rank 0 is still exporting
+        aborts ("terminate called without an active exception")."""
         if self.world > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
