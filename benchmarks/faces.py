@@ -11,7 +11,8 @@ over -35..35 degrees and pitch ~ N(0, 7) clipped to +-15, at each resolution, an
   end: detection, dlib landmarks, alignment, PnP;
 * wall time of `prepare_face` per image.
 
-`--photos` adds real photos: faces found by each detector and the estimated yaw/pitch (no truth to compare).
+`--photos` adds real photos: faces found by each detector and the estimated yaw/pitch (no truth to compare);
+`--figure PATH` also writes a picture of them: each photo with its landmarks and crop square, and the aligned crop.
 """
 
 import argparse
@@ -76,8 +77,25 @@ def synthetic(n: int, resolution: int, seed: int):
     print(f"  prepare_face wall time: median {statistics.median(seconds) * 1e3:.0f} ms")
 
 
-def photos(paths):
+def figure_row(image, face, size=256) -> np.ndarray:
+    """The photo (landmarks in green, the crop square in red) beside its aligned crop, both `size` px tall."""
+    import cv2
+
+    inverse = cv2.invertAffineTransform(face.matrix)
+    r = len(face.image)
+    square = np.array([[0, 0], [r, 0], [r, r], [0, r]], np.float64) @ inverse[:, :2].T + inverse[:, 2]
+    scale = size / image.shape[0]
+    shown = cv2.resize(image, (round(image.shape[1] * scale), size), interpolation=cv2.INTER_AREA)
+    cv2.polylines(shown, [np.round(square * scale).astype(np.int32)], True, (255, 0, 0), 2)
+    for x, y in face.photo_landmarks * scale:
+        cv2.circle(shown, (int(x), int(y)), 1, (0, 255, 0), -1)
+    crop = cv2.resize(face.image, (size, size), interpolation=cv2.INTER_AREA)
+    return np.concatenate([shown, crop], 1)
+
+
+def photos(paths, figure=None):
     print("\nreal photos (no ground truth)")
+    rows = []
     for path in paths:
         image = load_photo(path)
         found = f"MTCNN {len(detect_mtcnn(image))}, HOG {len(detect_hog(image))}"
@@ -85,21 +103,34 @@ def photos(paths):
             face = prepare_face(image, 256, source=str(path))
             yaw, pitch = face.yaw_pitch
             print(f"  {Path(path).name:28} {found}: {face.face.detector}, yaw {yaw:+6.1f}, pitch {pitch:+6.1f}")
+            rows.append(figure_row(image, face))
         except FaceError as e:
             print(f"  {Path(path).name:28} {found}: {e}")
+    if figure and rows:
+        from PIL import Image
+
+        pad = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 0), (0, pad - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+        columns = [np.concatenate(rows[i::2]) for i in range(min(2, len(rows)))]
+        height = max(c.shape[0] for c in columns)
+        columns = [np.pad(c, ((0, height - c.shape[0]), (0, 0), (0, 0)), constant_values=255) for c in columns]
+        Image.fromarray(np.concatenate(columns, 1)).save(figure)
+        print(f"wrote {figure}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20)
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--resolutions", type=int, nargs="*", default=[128, 256, 512],
+                        help="render sizes (none: skip the renders)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--photos", nargs="*", default=[], help="real photos to run the front end on")
+    parser.add_argument("--figure", help="write a picture of the photos' alignment here (PNG)")
     args = parser.parse_args()
     for resolution in args.resolutions:
         synthetic(args.n, resolution, args.seed)
     if args.photos:
-        photos(args.photos)
+        photos(args.photos, args.figure)
 
 
 if __name__ == "__main__":

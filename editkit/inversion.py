@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -149,19 +150,15 @@ class Objective:
                 "psnr": psnr(image, self.target, self.mask).tolist()}
 
 
-class frozen:
-    """Context manager: the generator's parameters need no gradient inside (restored afterwards)."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def __enter__(self):
-        self.flags = [p.requires_grad for p in self.module.parameters()]
-        self.module.requires_grad_(False)
-        return self.module
-
-    def __exit__(self, *exc):
-        for p, flag in zip(self.module.parameters(), self.flags):
+@contextmanager
+def frozen(module):
+    """Inside, the module's parameters need no gradient (their flags are restored afterwards)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
 
 
@@ -171,14 +168,14 @@ def render(G, ws: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def check_inputs(G, target, label, mask):
-    """Targets (N, 3, R, R) at the generator's resolution, labels (N, 25), mask broadcastable (N, 1, R, R)."""
+    """Targets (N, 3, R, R) at the generator's resolution, labels (N, 25), mask (N, 1, R, R)."""
     r = G.img_resolution
     if target.ndim != 4 or target.shape[1:] != (3, r, r):
         raise EditkitError(f"targets must be (N, 3, {r}, {r}) for this generator, got {tuple(target.shape)}; align "
                            f"photos at the model's resolution ({r} px)")
     if label.shape != (len(target), 25):
         raise EditkitError(f"need one 25-float camera label per target, got labels of shape {tuple(label.shape)}")
-    if mask is not None and mask.shape != (len(target), 1, r, r):
+    if mask.shape != (len(target), 1, r, r):
         raise EditkitError(f"mask must be (N, 1, {r}, {r}), got {tuple(mask.shape)}")
 
 
@@ -224,10 +221,8 @@ def invert(G, target: torch.Tensor, label: torch.Tensor, settings: Settings | No
     optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999))
     camera_step = int(s.camera_start * s.steps)
 
-    def current(ws_only=False):
+    def current():
         ws = G.w_avg + spread * (shared + deltas)
-        if ws_only:
-            return ws
         c = camera_from_offsets(yaw0, pitch0, focal, offsets) if s.refine_camera else label
         return ws, c
 
@@ -276,8 +271,7 @@ def pivotal_tuning(G, ws: torch.Tensor, label: torch.Tensor, objective: Objectiv
                    progress: bool = True):
     """A copy of G fine-tuned so that the pivot latents `ws` render the targets (PTI); G itself is untouched."""
     tuned = copy.deepcopy(G).requires_grad_(True)
-    params = [p for p in tuned.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=settings.pti_lr)
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.pti_lr)
     bar = tqdm(range(settings.pti_steps), desc="pti", unit="step", disable=not progress, leave=False)
     for _ in bar:
         loss = objective(render(tuned, ws, label))["total"].sum()
