@@ -11,8 +11,13 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test: venv sysdeps weights
 	$(PY) -m pytest -q
 
+# The main job on the shipped demo model: invert an example photo through the student, then smile and turn it.
+DEMO_OUT := out/demo
 demo: venv sysdeps weights
-	@echo "make demo runs once the shipped demo models exist (see README: Status)."
+	$(PY) -m editkit invert examples/synthetic_00.png --out $(DEMO_OUT) --force
+	$(PY) -m editkit edit $(DEMO_OUT)/synthetic_00 --attr smile --strength 1.5 --yaw 30 --orbit --grid \
+	  --out $(DEMO_OUT)/edited --force
+	@echo "make demo: results in $(DEMO_OUT)/ (synthetic_00/compare.png, edited/edit.png, edited/orbit.mp4, edited/grid.png)"
 
 venv: $(STAMP)
 

@@ -48,7 +48,7 @@ def main():
     G = load(args.model)
     with torch.no_grad():
         if args.latent:
-            from editkit.editing.edit import read_latent
+            from editkit.latents import read_latent
 
             ws, _ = read_latent(args.latent)
         else:

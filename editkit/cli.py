@@ -147,6 +147,7 @@ def invert(args):
     from editkit import checkpoints
     from editkit.faces import load_photo, photo_files
     from editkit.inversion import Settings, generator_kind, invert_photos, output_files
+    from editkit.latents import model_record
 
     files = photo_files(args.photos)
     folders = [args.out / f.stem for f in files]
@@ -167,7 +168,7 @@ def invert(args):
     G = checkpoints.load_generator(path)
     if args.generator and generator_kind(G) != args.generator:
         raise EditkitError(f"{name} holds a {generator_kind(G)} ({type(G).__name__}), not a {args.generator}")
-    model = {"name": name, "file": path.name, "sha256": checkpoints.sha256_file(path)}
+    model = model_record(name)
     given = {"steps": args.steps, "lpips": args.lpips}
     settings = Settings(**{k: v for k, v in given.items() if v is not None},
                         refine_camera=not args.no_camera_refinement, pti=args.pti)

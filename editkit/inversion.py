@@ -16,7 +16,6 @@ the EG3D teacher for comparison. The recipe (docs/inversion.md), after EG3D's pr
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from editkit import cameras, checkpoints
 from editkit.errors import EditkitError, OutputExistsError
 from editkit.faces import prepare_face
 from editkit.io import atomic_write
+from editkit.latents import LATENT, LATENT_JSON, write_latent
 from editkit.perceptual import LPIPS
 
 LOSS_RESOLUTION = 256  # LPIPS sees at most 256 px, as in EG3D's projector
@@ -285,7 +285,7 @@ def pivotal_tuning(G, ws: torch.Tensor, label: torch.Tensor, objective: Objectiv
 # --------------------------------------------------------------------------------------------------- photos
 
 VIEW_YAWS = (-30.0, 0.0, 30.0)  # the novel views of compare.png (pitch 0)
-OUTPUT_FILES = ("aligned.png", "reconstruction.png", "compare.png", "latent.npy", "latent.json")
+OUTPUT_FILES = ("aligned.png", "reconstruction.png", "compare.png", LATENT, LATENT_JSON)
 PTI_FILE = "pti_generator.safetensors"
 
 
@@ -349,15 +349,10 @@ class PhotoInversion:
         def png(array):
             return lambda tmp: Image.fromarray(array).save(tmp, format="PNG")
 
-        def npy(tmp):
-            with open(tmp, "wb") as f:
-                np.save(f, self.latent.numpy().astype(np.float32))
-
-        text = json.dumps(record, indent=2) + "\n"
-        writers = {"aligned.png": png(self.alignment.image), "reconstruction.png": png(self.reconstruction),
-                   "compare.png": png(self.compare()), "latent.npy": npy,
-                   "latent.json": lambda tmp: tmp.write_text(text)}
-        return [atomic_write(folder / name, writer, force=force) for name, writer in writers.items()] + \
+        images = {"aligned.png": self.alignment.image, "reconstruction.png": self.reconstruction,
+                  "compare.png": self.compare()}
+        return [atomic_write(folder / name, png(image), force=force) for name, image in images.items()] + \
+            write_latent(folder, self.latent, record, force=force) + \
             ([folder / PTI_FILE] if self.generator is not None else [])
 
 
@@ -391,7 +386,7 @@ def invert_photos(photos, G, settings: Settings | None = None, face_index: int =
             record = {
                 "source": source, "model": model, "generator": generator_kind(G),
                 "resolution": G.img_resolution,
-                "latent": {"file": "latent.npy", "space": "W+", "shape": list(latent.shape), "dtype": "float32"},
+                "latent": {"file": LATENT, "space": "W+", "shape": list(latent.shape), "dtype": "float32"},
                 "face": {"index": face_index, "detector": face.face.detector, "box": face.face.box.tolist(),
                          "score": face.face.score, "landmarks": face.photo_landmarks.tolist(),
                          "crop_matrix": face.matrix.tolist()},

@@ -20,6 +20,7 @@ from editkit.editing.directions import (Direction, DirectionError, apply_edits, 
 from editkit.editing.registry import register_direction
 from editkit.editing.sefa import sefa, sefa_directions, style_affines
 from editkit.editing.supervised import fit_direction, sample_latents
+from editkit.latents import camera_record
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -279,8 +280,7 @@ def workspace(G, tmp_path, monkeypatch):
     latent = tmp_path / "photo"
     latent.mkdir()
     np.save(latent / "latent.npy", ws.numpy())
-    meta = {"model": "tiny", "model_sha256": sha, "camera": cameras.to_json(cameras.frontal_label()), "yaw": 0.0,
-            "pitch": 0.0}
+    meta = {"model": {"name": "tiny", "file": "tiny.safetensors", "sha256": sha}, "camera": camera_record(0.0, 0.0)}
     (latent / "latent.json").write_text(json.dumps(meta))
     np.save(tmp_path / "published.npy", unit(rng, 1, G.w_dim))
     return {"folder": folder, "latent": latent, "ws": ws, "tmp": tmp_path, "model": path}
@@ -303,9 +303,9 @@ def test_edit_cli_writes_the_promised_files(G, workspace, capsys):
     identity = load_direction(workspace["folder"] / "directions/tiny/id00.npy").vector[0]
     assert np.abs(delta[4:]).max() == 0 and np.abs(delta[:4]).max() > 0.1  # only layers 0-3 moved
     assert np.abs(delta[:4] @ identity).max() < 1e-4  # identity direction kept
-    assert meta["yaw"] == 30 and meta["pitch"] == -10 and meta["model"] == "tiny"
+    assert meta["camera"]["yaw"] == 30 and meta["camera"]["pitch"] == -10 and meta["model"]["name"] == "tiny"
     assert [e["strength"] for e in meta["edits"]] == [1.5, -0.5] and meta["keep"] == ["id00"]
-    assert np.allclose(meta["camera"], cameras.to_json(cameras.make_label(30, -10)))
+    assert np.allclose(meta["camera"]["label"], cameras.to_json(cameras.make_label(30, -10)))
 
     capsys.readouterr()
     assert main(args) == 2 and "already exists; use --force" in capsys.readouterr().err
@@ -328,7 +328,7 @@ def test_edit_cli_errors_are_one_line(workspace, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     meta = json.loads((workspace["latent"] / "latent.json").read_text())
-    (workspace["latent"] / "latent.json").write_text(json.dumps({**meta, "model_sha256": "0" * 64}))
+    (workspace["latent"] / "latent.json").write_text(json.dumps({**meta, "model": {**meta["model"], "sha256": "0" * 64}}))
     assert main(["edit", str(workspace["latent"]), "--attr", "smile", "--out", str(tmp / "o")]) == 2
     assert "another version of model 'tiny'" in capsys.readouterr().err
     assert main(["edit", str(tmp / "nowhere"), "--attr", "smile", "--out", str(tmp / "o")]) == 2
@@ -342,14 +342,14 @@ def test_edit_renders_with_the_registered_pair(workspace, capsys):
     registry["models"]["tiny-student"] = {**registry["models"]["tiny"], "kind": "student", "teacher": "tiny"}
     (folder / "registry.json").write_text(json.dumps(registry))
     meta = json.loads((latent / "latent.json").read_text())
-    (latent / "latent.json").write_text(json.dumps({**meta, "model": "tiny-student"}))
+    (latent / "latent.json").write_text(json.dumps({**meta, "model": {**meta["model"], "name": "tiny-student"}}))
     out = workspace["tmp"] / "pair"
     assert main(["edit", str(latent), "--attr", "smile", "--generator", "teacher", "--out", str(out)]) == 0
-    assert json.loads((out / "latent.json").read_text())["generator"] == "tiny"
+    assert json.loads((out / "latent.json").read_text())["rendered_with"] == "tiny"
     assert main(["directions", "list", "--model", "tiny-student"]) == 0 and "smile" in capsys.readouterr().out
     (latent / "latent.json").write_text(json.dumps(meta))  # the teacher's latent: its student renders it
     assert main(["edit", str(latent), "--attr", "smile", "--generator", "student", "--out", str(out), "--force"]) == 0
-    assert json.loads((out / "latent.json").read_text())["generator"] == "tiny-student"
+    assert json.loads((out / "latent.json").read_text())["rendered_with"] == "tiny-student"
 
 
 def test_directions_cli_sefa_import_and_fit(G, workspace, capsys):

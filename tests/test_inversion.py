@@ -132,6 +132,21 @@ def test_cli_writes_exactly_the_promised_files(teacher_file, tmp_path, capsys):
     assert main(args[:1] + [str(photos / "synthetic_00.png")] + args[2:] + ["--force"]) == 0
 
 
+def test_cli_inverted_latent_feeds_edit(teacher_file, tmp_path, capsys):
+    """`editkit edit` reads what `editkit invert` wrote (one latent format, editkit.latents)."""
+    out = tmp_path / "out"
+    assert main(["invert", str(EXAMPLES / "synthetic_00.png"), "--out", str(out), "--model", str(teacher_file),
+                 "--steps", "1"]) == 0
+    direction = tmp_path / "published.npy"
+    np.save(direction, np.ones((1, 512), np.float32))
+    edited = tmp_path / "edited"
+    assert main(["edit", str(out / "synthetic_00"), "--direction", str(direction), "--yaw", "20",
+                 "--out", str(edited)]) == 0, capsys.readouterr().err
+    record = json.loads((edited / "latent.json").read_text())
+    assert record["camera"]["yaw"] == 20 and record["model"]["sha256"] == checkpoints.sha256_file(teacher_file)
+    assert Image.open(edited / "edit.png").size == (128, 128)
+
+
 def test_cli_photo_without_face_writes_nothing(teacher_file, tmp_path, capsys):
     blank = tmp_path / "wall.png"
     Image.fromarray(np.full((160, 200, 3), 180, np.uint8)).save(blank)

@@ -18,10 +18,10 @@ import sys
 import numpy as np
 
 from editkit.checkpoints import load_generator
-from editkit.editing.edit import model_sha256
 from editkit.editing.registry import register_direction
 from editkit.editing.supervised import fit_direction, sample_latents
 from editkit.errors import EditkitError
+from editkit.latents import model_record
 from training.synthetic.head_model import PARAM_NAMES, HeadParams
 from training.synthetic.latent import params_from_z
 
@@ -63,7 +63,7 @@ def main(argv=None):
     command = shlex.join(["python", "-m", "training.make_directions", *(sys.argv[1:] if argv is None else argv)])
     try:
         G = load_generator(args.model)
-        sha = model_sha256(args.model)
+        sha = model_record(args.model)["sha256"]
         z, ws = sample_latents(G, args.n, args.seed, truncation_psi=1.0)
         params = params_from_z(z)
         print("| attribute | held-out accuracy | held-out correlation | file |\n|---|---|---|---|")

@@ -72,9 +72,9 @@ def edit(args):
 
 
 def _model_sha(model):
-    from editkit.editing.edit import model_sha256
+    from editkit.latents import model_record
 
-    return model_sha256(model)
+    return model_record(model)["sha256"]
 
 
 def _write(direction, args, model):

@@ -1,7 +1,7 @@
 """`editkit edit`: move a latent along directions and render it from new viewpoints.
 
-Input: a latent written by `editkit invert` (`latent.npy`, (1, num_ws, w_dim) float32 W+, and `latent.json` with
-at least `model`, `model_sha256`, `camera`, `yaw`, `pitch`), or the folder holding it. Output folder:
+Input: a latent written by `editkit invert`, `editkit edit` or the web demo (`latent.npy` + `latent.json`, the
+format of `editkit.latents`), or the folder holding it. Output folder:
 
 - `edit.png`: the edited face at (yaw, pitch);
 - `latent.npy` + `latent.json`: the edited latent (same format, so the folder can be edited again);
@@ -11,30 +11,23 @@ at least `model`, `model_sha256`, `camera`, `yaw`, `pitch`), or the folder holdi
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from editkit import cameras, checkpoints
 from editkit.editing import registry
-from editkit.editing.directions import (Direction, DirectionError, apply_edits, load_direction, parse_layers,
-                                        project_out, read_npy, restrict)
+from editkit.editing.directions import Direction, apply_edits, load_direction, parse_layers, project_out, restrict
 from editkit.editing.render import grid, render_images, save_gif, save_mp4, save_png
 from editkit.errors import EditkitError, OutputExistsError
-from editkit.io import atomic_write
+from editkit.latents import LATENT, LATENT_JSON, LatentError, camera_record, check_model, latent_paths, read_latent, \
+    write_latent
 
-LATENT = "latent.npy"
 GRID_FACTORS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_YAWS = (-30.0, -15.0, 0.0, 15.0, 30.0)
 ORBIT_YAW, ORBIT_PITCH, ORBIT_FPS = 30.0, 10.0, 24
-
-
-class LatentError(EditkitError):
-    """A latent file is missing, malformed, or was made with another model."""
 
 
 @dataclass
@@ -50,44 +43,9 @@ class EditSpec:
                 "strength": self.strength}
 
 
-def latent_paths(path) -> tuple[Path, Path]:
-    """(latent .npy, its .json) for a latent file or a folder holding `latent.npy`."""
-    path = Path(path)
-    npy = path / LATENT if path.is_dir() else path
-    if not npy.is_file():
-        raise LatentError(f"{npy}: no such latent file (expected {LATENT} from `editkit invert`, or its folder)")
-    return npy, npy.with_suffix(".json")
-
-
-def read_latent(path) -> tuple[torch.Tensor, dict]:
-    """(ws (1, num_ws, w_dim) float32 tensor, metadata) of a latent file or folder."""
-    npy, meta_path = latent_paths(path)
-    try:
-        ws = read_npy(npy)
-    except DirectionError as e:
-        raise LatentError(str(e)) from None
-    if ws.ndim != 3 or ws.shape[0] != 1 or ws.dtype != np.float32 or not np.isfinite(ws).all():
-        raise LatentError(f"{npy}: expected finite float32 W+ of shape (1, num_ws, w_dim), "
-                          f"got {ws.dtype} {ws.shape}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise LatentError(f"{meta_path}: missing; a latent needs its JSON (model, camera) beside it") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise LatentError(f"{meta_path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
-        raise LatentError(f"{meta_path}: does not name the model the latent belongs to (\"model\")")
-    return torch.from_numpy(ws), meta
-
-
-def model_sha256(name_or_path) -> str:
-    """sha256 of a model's weights file (registry names are checked against the registry on the way)."""
-    return checkpoints.sha256_file(checkpoints.resolve_checkpoint(name_or_path))
-
-
 def generator_name(meta: dict, choice: str | None) -> str:
     """The model to render with: the latent's own (default), its registered 'teacher' or 'student', or a name/path."""
-    model = meta["model"]
+    model = meta["model"]["name"]
     if choice is None:
         return model
     if choice not in ("teacher", "student"):
@@ -103,14 +61,6 @@ def generator_name(meta: dict, choice: str | None) -> str:
         return students[0]
     raise LatentError(f"no registered {choice} shares the w space of '{model}'; pass a model name or path "
                       "to --generator")
-
-
-def check_model(meta: dict, source) -> None:
-    """Refuse a latent whose model file changed since it was made (its recorded sha256 differs)."""
-    recorded = meta.get("model_sha256")
-    if recorded and model_sha256(meta["model"]) != recorded:
-        raise LatentError(f"{source}: was made with another version of model '{meta['model']}' (sha256 "
-                          f"{recorded[:12]}...); invert the photo again with the current model")
 
 
 def resolve_edits(specs: list[EditSpec], model: str, num_ws: int, w_dim: int, layers=None,
@@ -133,7 +83,7 @@ def resolve_edits(specs: list[EditSpec], model: str, num_ws: int, w_dim: int, la
 
 def output_paths(out: Path, orbit: bool, want_grid: bool) -> dict:
     """{kind: path} of every file the edit writes."""
-    paths = {"png": out / "edit.png", "latent": out / LATENT, "meta": out / "latent.json"}
+    paths = {"png": out / "edit.png", "latent": out / LATENT, "meta": out / LATENT_JSON}
     if orbit:
         paths.update(mp4=out / "orbit.mp4", gif=out / "orbit.gif")
     if want_grid:
@@ -159,9 +109,9 @@ def run_edit(source, specs: list[EditSpec], out, yaw=None, pitch=None, orbit=Fal
         raise LatentError(f"{source}: latent shape {tuple(ws.shape)} does not fit '{name}' "
                           f"(num_ws {G.num_ws}, w_dim {G.w_dim})")
     layer_list = None if layers is None else parse_layers(layers, G.num_ws)
-    edits = resolve_edits(specs, meta["model"], G.num_ws, G.w_dim, layer_list, keep)
-    yaw = float(meta.get("yaw", 0.0) if yaw is None else yaw)
-    pitch = float(meta.get("pitch", 0.0) if pitch is None else pitch)
+    edits = resolve_edits(specs, meta["model"]["name"], G.num_ws, G.w_dim, layer_list, keep)
+    yaw = float(meta["camera"]["yaw"] if yaw is None else yaw)
+    pitch = float(meta["camera"]["pitch"] if pitch is None else pitch)
     label = cameras.make_label(yaw, pitch)
 
     start = time.perf_counter()
@@ -177,17 +127,12 @@ def run_edit(source, specs: list[EditSpec], out, yaw=None, pitch=None, orbit=Fal
         tiles = render_images(G, rows.repeat_interleave(len(GRID_YAWS), 0), labels, desc="grid")
 
     # everything is rendered: write the files (each atomically)
-    record = {**meta, "camera": cameras.to_json(label), "yaw": yaw, "pitch": pitch, "generator": name,
+    record = {**meta, "camera": camera_record(yaw, pitch), "rendered_with": name,
               "edited_from": str(latent_paths(source)[0]), "edits": [s.describe() for s in specs],
               "layers": layer_list, "keep": list(keep), "render_ms": round(render_ms, 1)}
 
-    def write_latent(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, edited.numpy().astype(np.float32), allow_pickle=False)
-
     save_png(paths["png"], image, force=force)
-    atomic_write(paths["latent"], write_latent, force=force)
-    atomic_write(paths["meta"], lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"), force=force)
+    write_latent(out, edited, record, force=force)
     if orbit:
         save_mp4(paths["mp4"], video, ORBIT_FPS, force=force)
         save_gif(paths["gif"], video, ORBIT_FPS, force=force)
