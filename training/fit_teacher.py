@@ -105,7 +105,7 @@ def density_smoothness(G, planes: torch.Tensor, generator: torch.Generator, poin
     opts = G.rendering_kwargs
     coords = torch.rand(len(planes), points, 3, generator=generator) * 2 - 1
     moved = coords + torch.randn(coords.shape, generator=generator) * opts["density_reg_p_dist"]
-    both = torch.cat([coords, moved], 1)
+    both = torch.cat([coords, moved], 1).to(planes.device)
     sigma = G.renderer.run_model(planes, G.decoder, both, torch.zeros_like(both), opts)["sigma"]
     return (sigma[:, :points] - sigma[:, points:]).abs().mean()
 
@@ -132,12 +132,17 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     return terms
 
 
-def evaluation_set(truth: GroundTruth, heads: int = EVAL_HEADS, yaws=EVAL_YAWS, seed: int = EVAL_SEED) -> dict:
+def evaluation_set(truth: GroundTruth, heads: int = EVAL_HEADS, yaws=EVAL_YAWS, seed: int = EVAL_SEED,
+                   device="cpu") -> dict:
     """Held-out heads (their own seed) at fixed yaws, pitch 0, with their ground truth."""
     z = torch.randn(heads, LATENT_SIZE, generator=torch.Generator().manual_seed(seed))
     z = z.repeat_interleave(len(yaws), 0)
     labels = cameras.make_label(torch.tensor(yaws * heads, dtype=torch.float64), 0.0).float()
-    return {"z": z, "labels": labels, **truth(z, labels)}
+    return to_device({"z": z, "labels": labels, **truth(z, labels)}, device)
+
+
+def to_device(tensors: dict, device) -> dict:
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 @torch.no_grad()
@@ -167,10 +172,12 @@ def update_ema(G_ema, G, beta: float) -> None:
 
 def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: int | None = None,
         checkpoint_minutes: float = 10, eval_minutes: float = 20, log_every: int = 10, threads: int | None = None,
-        eval_heads: int = EVAL_HEADS, init_from: Path | None = None) -> dict:
+        eval_heads: int = EVAL_HEADS, init_from: Path | None = None, device: str = "cpu") -> dict:
     """Fit (or continue fitting) until `minutes` of wall time or `max_steps` in all; returns the last evaluation.
 
     `init_from`: a saved teacher (.safetensors) to start a new run from (e.g. the shipped one on a new machine).
+    `device`: where the network trains ('cuda' on a GPU machine); the ground truth is rendered on the CPU (EGL) and
+    random numbers come from CPU generators, so a run can move between devices and resume.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -180,13 +187,14 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     G = build_teacher(config).train()
     if init_from is not None:
         G.load_state_dict(load_generator(init_from).state_dict())
+    G.to(device)
     G_ema = copy.deepcopy(G).eval()
     opt = torch.optim.Adam(G.parameters(), lr=settings["lr"], betas=(0.9, 0.99))
     generator = torch.Generator().manual_seed(settings["seed"])
     step, elapsed = 0, 0.0
     state = load_latest_state(run_dir)
     if state is not None:
-        G.load_state_dict(state["G"])
+        G.load_state_dict(state["G"])  # load_state_dict copies into the tensors on `device`
         G_ema.load_state_dict(state["G_ema"])
         opt.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -208,18 +216,20 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
             f.write(json.dumps(record) + "\n")
 
     truth = GroundTruth(config["img_resolution"], config["neural_rendering_resolution"])
-    eval_data = evaluation_set(truth, eval_heads)
+    eval_data = evaluation_set(truth, eval_heads, device=device)
     lpips = None
     if settings["lpips"] != "none":
         from editkit.perceptual import LPIPS
-        lpips = LPIPS(settings["lpips"])
+        lpips = LPIPS(settings["lpips"]).to(device)
     start = last_save = last_eval = time.time()
     bar = tqdm(desc="fit teacher", unit="step", initial=step, total=max_steps, mininterval=30)
     while (minutes is None or time.time() - start < minutes * 60) and (max_steps is None or step < max_steps):
         t0 = time.time()
         z = torch.randn(settings["batch"], LATENT_SIZE, generator=generator)
         labels = sample_cameras(generator, settings["batch"], settings["yaw_range"], settings["pitch_std"])
-        terms = fit_losses(G, lpips, truth(z, labels), z, labels, settings, generator, step)
+        z, labels = z.to(device), labels.to(device)
+        terms = fit_losses(G, lpips, to_device(truth(z.cpu(), labels.cpu()), device), z, labels, settings, generator,
+                           step)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
@@ -289,6 +299,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10)
     parser.add_argument("--eval-minutes", type=float, default=20)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the ground truth is rendered on the CPU)")
     parser.add_argument("--init-from", type=Path, default=None, help="start a new run from a saved teacher")
     parser.add_argument("--export", type=Path, default=None, metavar="OUT.safetensors",
                         help="instead of fitting, save the run's EMA generator here")
@@ -302,7 +313,7 @@ def main(argv=None) -> int:
         return 0
     settings = settings_for(args.run, {k: getattr(args, k) for k in DEFAULTS})
     run(args.run, settings, args.minutes, args.max_steps, args.checkpoint_minutes, args.eval_minutes,
-        threads=args.threads, init_from=args.init_from)
+        threads=args.threads, init_from=args.init_from, device=args.device)
     return 0
 
 
