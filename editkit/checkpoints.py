@@ -481,8 +481,12 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
-def register_model(name: str, path, kind: str, card: str, description: str, folder=None) -> dict:
-    """Add or replace registry entry `name` for the weights file `path` (inside the checkpoints folder)."""
+def register_model(name: str, path, kind: str, card: str, description: str, folder=None,
+                   teacher: str | None = None) -> dict:
+    """Add or replace registry entry `name` for the weights file `path` (inside the checkpoints folder).
+
+    A student names its `teacher` (a registry name): they share one w space, so latents and directions of one
+    work with the other."""
     folder = Path(folder or checkpoints_dir())
     path = Path(path)
     if path.resolve().parent != folder.resolve():
@@ -490,8 +494,12 @@ def register_model(name: str, path, kind: str, card: str, description: str, fold
     if kind not in ("teacher", "student"):
         raise CheckpointError(f"kind must be 'teacher' or 'student', got {kind!r}")
     models = read_registry(folder)
+    if (kind == "student") != (teacher is not None):
+        raise CheckpointError("a student entry names its teacher (and only a student does)")
+    if teacher is not None and teacher not in models:
+        raise CheckpointError(f"teacher '{teacher}' is not registered")
     models[name] = {"file": path.name, "sha256": sha256_file(path), "kind": kind, "card": card,
-                    "description": description}
+                    "description": description, **({"teacher": teacher} if teacher else {})}
     text = json.dumps({"models": dict(sorted(models.items()))}, indent=2) + "\n"
     atomic_write(folder / "registry.json", lambda tmp: tmp.write_text(text), force=True)
     return models[name]

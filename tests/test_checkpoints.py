@@ -260,6 +260,12 @@ def test_register_model_writes_an_entry_that_loads(saved, tiny_eg3d, tmp_path):
         checkpoints.register_model("elsewhere", tmp_path / "x" / "y.safetensors", "teacher", "", "", folder=folder)
     with pytest.raises(CheckpointError, match="kind must be"):
         checkpoints.register_model("tiny", saved, "critic", "", "", folder=folder)
+    student = checkpoints.register_model("tiny-student", saved, "student", "s.md", "", folder=folder, teacher="tiny")
+    assert checkpoints.read_registry(folder)["tiny-student"]["teacher"] == "tiny" == student["teacher"]
+    with pytest.raises(CheckpointError, match="names its teacher"):
+        checkpoints.register_model("orphan", saved, "student", "", "", folder=folder)
+    with pytest.raises(CheckpointError, match="'ghost' is not registered"):
+        checkpoints.register_model("orphan", saved, "student", "", "", folder=folder, teacher="ghost")
 
 
 def test_repo_registry_is_valid():
