@@ -42,16 +42,23 @@ def build(ref):
     return net
 
 
-def assert_matches(ref, name, ours, atol=ATOL):
-    """`ours` equals the reference `name` within atol (where stored subsampled: the kept entries and the sums)."""
-    ours = ours.detach()
+def stored(ref, name, ours: torch.Tensor) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(reference values, the same entries of ours, whether that is all of it): stored whole or subsampled."""
     if name in ref:
-        np.testing.assert_allclose(ours.numpy(), ref[name], rtol=0, atol=atol, err_msg=name)
-        return
+        return ref[name], ours.detach().numpy(), True
     sub, stride = ref[f"{name}_sub"], int(ref[f"{name}_stride"])
     index = tuple(slice(None, None, stride) if got != kept else slice(None)
                   for got, kept in zip(ours.shape, sub.shape))
-    np.testing.assert_allclose(ours[index].numpy(), sub, rtol=0, atol=atol, err_msg=name)
+    return sub, ours.detach()[index].numpy(), False
+
+
+def assert_matches(ref, name, ours, atol=ATOL):
+    """`ours` equals the reference `name` within atol (where stored subsampled: the kept entries and the sums)."""
+    ours = ours.detach()
+    expected, got, whole = stored(ref, name, ours)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=atol, err_msg=name)
+    if whole:
+        return
     expected = ref[f"{name}_sums"]
     np.testing.assert_allclose(checksums(ours), expected, rtol=0, atol=1e-5 * expected[1] + atol,
                                err_msg=f"{name} (sums)")
@@ -73,6 +80,19 @@ def render(net, ref, opts):
     return ws, out, captured["features"]
 
 
+def assert_depth_matches(ref, out, min_opacity=1e-5):
+    """Depth is sum(w t) / sum(w) over a ray's samples. Where a ray's opacity sum(w) is near float32 rounding (the
+    g8x_white case renders a nearly empty volume, sigma bias -14: opacities ~1e-7), that ratio is rounding noise
+    and its value depends on how the CPU's kernels sum; compare depth only where it is defined."""
+    if (out["image_opacity"] >= min_opacity).all():
+        assert_matches(ref, "image_depth", out["image_depth"])
+        return
+    expected, got, _ = stored(ref, "image_depth", out["image_depth"])
+    _, opacity, _ = stored(ref, "image_depth", out["image_opacity"])
+    defined = opacity >= min_opacity
+    np.testing.assert_allclose(got[defined], expected[defined], rtol=0, atol=ATOL, err_msg="image_depth")
+
+
 @pytest.mark.parametrize("case", G_CASES)
 def test_generator_matches_official(case):
     ref = load(case)
@@ -82,8 +102,8 @@ def test_generator_matches_official(case):
     np.testing.assert_array_equal(torch.rand(4).numpy(), ref["rng_after"],
                                   err_msg="the port drew from torch's generator differently")
     assert_matches(ref, "ws", ws)
-    for name in ("image", "image_depth"):
-        assert_matches(ref, name, out[name])
+    assert_matches(ref, "image", out["image"])
+    assert_depth_matches(ref, out)
     assert_matches(ref, "features", features)
     # image_raw is the RGB of the feature image. The official 2X/4X upsamplers, at their native input size, add
     # into it in place; the port does not, so there image_raw differs from the official return value.
