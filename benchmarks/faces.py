@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from editkit import cameras  # noqa: E402
 from editkit.errors import FaceError  # noqa: E402
-from editkit.faces import estimate_camera, load_photo, prepare_face  # noqa: E402
+from editkit.faces import estimate_camera, prepare_face  # noqa: E402
 from editkit.faces.detect import detect_hog, detect_mtcnn  # noqa: E402
+from editkit.images import load_image  # noqa: E402
 from training.synthetic.head_model import sample_params  # noqa: E402
 from training.synthetic.render import HeadRenderer  # noqa: E402
 
@@ -97,7 +98,7 @@ def photos(paths, figure=None):
     print("\nreal photos (no ground truth)")
     rows = []
     for path in paths:
-        image = load_photo(path)
+        image = load_image(path)
         found = f"MTCNN {len(detect_mtcnn(image))}, HOG {len(detect_hog(image))}"
         try:
             face = prepare_face(image, 256, source=str(path))

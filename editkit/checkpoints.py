@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from editkit.errors import CheckpointError, OutputExistsError, UnsafePickleError
-from editkit.io import atomic_write
+from editkit.io import atomic_write, output_group
 
 FORMAT = "editkit"
 VERSION = 1
@@ -182,8 +182,9 @@ def save_model(path, modules: dict, provenance: dict | None = None, overwrite: b
         text = json.dumps(config, indent=2) + "\n"
     except TypeError as e:
         raise CheckpointError(f"{path}: config is not JSON-serialisable ({e})") from None
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}), force=True)
-    atomic_write(config_path(path), lambda tmp: tmp.write_text(text), force=True)
+    with output_group():  # weights and config appear together
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}), force=True)
+        atomic_write(config_path(path), lambda tmp: tmp.write_text(text), force=True)
     return path
 
 

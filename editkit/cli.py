@@ -10,11 +10,13 @@ import argparse
 import shlex
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from editkit import __version__
 from editkit.editing import commands as editing_commands
-from editkit.errors import EditkitError, OutputExistsError
+from editkit.errors import EditkitError, EditkitWarning
+from editkit.io import check_outputs
 
 
 def convert_arguments(parser):
@@ -34,9 +36,7 @@ def convert(args):
         raise EditkitError(f"{args.src}: expected an official EG3D .pkl file")
     if args.dst.suffix != ".safetensors":
         raise EditkitError(f"{args.dst}: the output must end in .safetensors")
-    for out in (args.dst, checkpoints.config_path(args.dst)):  # fail before the slow part
-        if out.exists() and not args.force:
-            raise OutputExistsError(f"{out} already exists; use --force to overwrite it")
+    check_outputs([args.dst, checkpoints.config_path(args.dst)], args.force)  # fail before the slow part
     records = checkpoints.read_official_records(args.src)
     training_set_kwargs = records.pop("training_set_kwargs")
     if args.network == "all":
@@ -145,7 +145,8 @@ def invert_arguments(parser):
 def invert(args):
     """Invert face photos into the generator's W+ space: aligned crop, camera, latent, reconstruction, views."""
     from editkit import checkpoints
-    from editkit.faces import load_photo, photo_files
+    from editkit.faces import photo_files
+    from editkit.images import load_image
     from editkit.inversion import Settings, generator_kind, invert_photos, output_files
     from editkit.latents import model_record
 
@@ -154,12 +155,10 @@ def invert(args):
     clash = next((f for f, d in zip(files, folders) if folders.count(d) > 1), None)
     if clash is not None:
         raise EditkitError(f"{clash}: two photos share the name '{clash.stem}' (each gets --out/<name>/); rename one")
-    for folder in folders:  # fail before the slow part
-        existing = [path for path in output_files(folder, args.pti) if path.exists()]
-        if existing and not args.force:
-            raise OutputExistsError(f"{existing[0]} already exists; use --force to overwrite it")
+    check_outputs([path for folder in folders for path in output_files(folder, args.pti)], args.force)
     if (args.steps is not None and args.steps < 1) or args.batch < 1 or args.face_index < 0:
         raise EditkitError("--steps and --batch must be at least 1 and --face-index at least 0")
+    photos = [(f, load_image(f)) for f in files]  # every photo is read before the slow part
     name = args.model or f"demo-{args.generator or 'student'}"
     if args.model is None and name not in checkpoints.read_registry():
         raise EditkitError(f"no '{name}' model in the registry yet; pass --model NAME_OR_PATH (`editkit models` "
@@ -172,7 +171,6 @@ def invert(args):
     given = {"steps": args.steps, "lpips": args.lpips}
     settings = Settings(**{k: v for k, v in given.items() if v is not None},
                         refine_camera=not args.no_camera_refinement, pti=args.pti)
-    photos = [(f, load_photo(f)) for f in files]
     results = invert_photos(photos, G, settings, args.face_index, model, batch_size=args.batch)
     for folder, result in zip(folders, results):
         result.save(folder, force=args.force)
@@ -180,6 +178,43 @@ def invert(args):
         yaw, pitch = record["camera"]["yaw"], record["camera"]["pitch"]
         print(f"{result.source}: yaw {yaw:+.1f} pitch {pitch:+.1f} deg, LPIPS {record['losses']['lpips']:.3f}, "
               f"PSNR {record['losses']['psnr']:.1f} dB, {record['timings']['total']:.1f} s -> {folder}/")
+
+
+def demo_arguments(parser):
+    parser.add_argument("--model", help="registry name or .safetensors/.pkl file (default: demo-student; while it "
+                                        "is not registered, demo-teacher with a notice)")
+    parser.add_argument("--teacher", help="model shown beside the student on request (default: the teacher its "
+                                          "registry entry or provenance names)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    parser.add_argument("--steps", type=int, help="inversion steps (default: editkit.inversion.Settings)")
+    parser.add_argument("--max-upload-mb", type=float, help="largest photo file (default: editkit.demo.Limits, 10)")
+    parser.add_argument("--max-side", type=int, help="largest photo side in pixels (default: Limits, 4096)")
+    parser.add_argument("--concurrency", type=int,
+                        help="inversions running at once; more users wait in the queue (default: Limits, 1)")
+
+
+def demo(args):
+    """Serve the web demo: upload a photo, invert it, edit it with sliders, turn the head, download the results."""
+    from editkit.demo import Limits, build_app, launch, load_models
+    from editkit.inversion import Settings
+
+    given = {"steps": args.steps, "max_side": args.max_side, "inversions": args.concurrency,
+             "max_upload_mb": args.max_upload_mb}
+    if any(v is not None and v <= 0 for v in given.values()) or not 0 < args.port < 65536:
+        raise EditkitError("--steps, --max-upload-mb, --max-side and --concurrency must be positive and --port "
+                           "in 1..65535")
+    model = load_models(args.model, args.teacher)
+    settings = Settings() if args.steps is None else Settings(steps=args.steps)
+    limits = Limits(**{k: v for k, v in given.items() if v is not None and k != "steps"})
+    print(f"editkit demo: {model.name} with {len(model.directions)} direction(s)"
+          f"{f', teacher {model.teacher_name}' if model.teacher is not None else ''}; "
+          f"open http://{args.host}:{args.port}/ (Ctrl+C stops it)")
+    try:
+        launch(build_app(model, settings, limits), args.host, args.port)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise EditkitError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(e).split())}") from None
 
 
 # name -> (add arguments, run); the run function's docstring is the help text.
@@ -190,6 +225,7 @@ COMMANDS = {
     "directions": (editing_commands.directions_arguments, editing_commands.directions),
     "edit": (editing_commands.edit_arguments, editing_commands.edit),
     "eval": (evaluate_arguments, evaluate),
+    "demo": (demo_arguments, demo),
 }
 
 
@@ -213,8 +249,19 @@ def build_parser():
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 bug, 2 user error)."""
     args = build_parser().parse_args(argv)
+    python_show_warning = warnings.showwarning
+
+    def show_warning(message, category, *rest, **kwargs):
+        """EditkitWarnings as one line (`editkit: warning: ...`); other warnings as Python prints them."""
+        if issubclass(category, EditkitWarning):
+            print(f"editkit: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            python_show_warning(message, category, *rest, **kwargs)
+
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            args.run(args)
     except EditkitError as e:
         print(f"editkit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -225,8 +272,8 @@ def main(argv=None) -> int:
         if getattr(args, "debug", False):
             traceback.print_exc()
         else:
-            print(f"editkit: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-                  file=sys.stderr)
+            print(f"editkit: internal error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug "
+                  "for the traceback)", file=sys.stderr)
         return 1
     return 0
 

@@ -21,6 +21,18 @@ class OutputExistsError(EditkitError):
     """An output file exists and overwriting was not asked for."""
 
 
+class OutputError(EditkitError):
+    """An output cannot be written: the folder is read-only, a path part is a file, the disk is full."""
+
+
+class ImageError(EditkitError):
+    """An image file is missing, empty, not an image, truncated, too large or in a form editkit cannot use."""
+
+
+class EditkitWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one line)."""
+
+
 class FaceError(EditkitError):
     """A photo holds no usable face: none found, too small, or the asked-for face index does not exist."""
 

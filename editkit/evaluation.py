@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from editkit import cameras
-from editkit.errors import EditkitError, OutputExistsError
+from editkit.errors import EditkitError
+from editkit.io import check_outputs
 from editkit.metrics import faces, identity, landmarks, pose
 
 REFERENCE_YAW = 0.0  # identity is measured against the view nearest to this yaw
@@ -245,9 +246,7 @@ def run(config: EvalConfig, out: Path, force: bool = False) -> list[Path]:
     from editkit.metrics import report
 
     out = Path(out)
-    for name in ("metrics.json", "report.md"):
-        if (out / name).exists() and not force:
-            raise OutputExistsError(f"{out / name} already exists; use --force to overwrite it")
+    check_outputs([out / "metrics.json", out / "report.md"], force)  # before the slow part
     with tempfile.TemporaryDirectory(prefix="editkit-eval-") as tmp:
         results, samples = evaluate(config, Path(tmp))
     return report.write(results, samples, out, force)

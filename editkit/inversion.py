@@ -30,9 +30,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from editkit import cameras, checkpoints
-from editkit.errors import EditkitError, OutputExistsError
+from editkit.errors import EditkitError
 from editkit.faces import prepare_face
-from editkit.io import atomic_write
+from editkit.io import atomic_write, check_outputs, output_group, staged
 from editkit.latents import LATENT, LATENT_JSON, write_latent
 from editkit.perceptual import LPIPS
 
@@ -335,25 +335,24 @@ class PhotoInversion:
         return np.concatenate([self.alignment.image, self.reconstruction, *self.views], axis=1)
 
     def save(self, folder, force: bool = False) -> list:
-        """Write the files into `folder` atomically; refuses to overwrite any of them unless `force`."""
+        """Write the files into `folder`, all of them or none; refuses to overwrite any of them unless `force`."""
         folder = Path(folder)
-        existing = [p for p in output_files(folder, self.generator is not None) if p.exists()]
-        if existing and not force:
-            raise OutputExistsError(f"{existing[0]} already exists; use --force to overwrite")
+        check_outputs(output_files(folder, self.generator is not None), force)
         record = dict(self.record)
-        if self.generator is not None:
-            path = checkpoints.save_model(folder / PTI_FILE, {"G": self.generator},
-                                          {"data": f"pivotal tuning on {self.source}"}, overwrite=force)
-            record["pti_generator"] = {"file": PTI_FILE, "sha256": checkpoints.sha256_file(path)}
 
         def png(array):
             return lambda tmp: Image.fromarray(array).save(tmp, format="PNG")
 
         images = {"aligned.png": self.alignment.image, "reconstruction.png": self.reconstruction,
                   "compare.png": self.compare()}
-        return [atomic_write(folder / name, png(image), force=force) for name, image in images.items()] + \
-            write_latent(folder, self.latent, record, force=force) + \
-            ([folder / PTI_FILE] if self.generator is not None else [])
+        with output_group():
+            if self.generator is not None:
+                path = checkpoints.save_model(folder / PTI_FILE, {"G": self.generator},
+                                              {"data": f"pivotal tuning on {self.source}"}, overwrite=force)
+                record["pti_generator"] = {"file": PTI_FILE, "sha256": checkpoints.sha256_file(staged(path))}
+            return [atomic_write(folder / name, png(image), force=force) for name, image in images.items()] + \
+                write_latent(folder, self.latent, record, force=force) + \
+                ([folder / PTI_FILE] if self.generator is not None else [])
 
 
 def invert_photos(photos, G, settings: Settings | None = None, face_index: int = 0, model: dict | None = None,

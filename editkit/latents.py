@@ -20,7 +20,7 @@ import torch
 from editkit import cameras, checkpoints
 from editkit.editing.directions import DirectionError, read_npy
 from editkit.errors import EditkitError
-from editkit.io import atomic_write
+from editkit.io import atomic_write, output_group
 
 LATENT = "latent.npy"
 LATENT_JSON = "latent.json"
@@ -85,7 +85,7 @@ def check_model(meta: dict, source) -> None:
 
 
 def write_latent(folder, ws: torch.Tensor, record: dict, force: bool = False) -> list[Path]:
-    """Write `latent.npy` and `latent.json` into `folder`, each atomically; no overwrite unless `force`."""
+    """Write `latent.npy` and `latent.json` into `folder`, both or neither; no overwrite unless `force`."""
     folder = Path(folder)
 
     def write_npy(tmp):
@@ -93,5 +93,6 @@ def write_latent(folder, ws: torch.Tensor, record: dict, force: bool = False) ->
             np.save(f, ws.detach().cpu().numpy().astype(np.float32), allow_pickle=False)
 
     text = json.dumps(record, indent=2) + "\n"
-    return [atomic_write(folder / LATENT, write_npy, force=force),
-            atomic_write(folder / LATENT_JSON, lambda tmp: tmp.write_text(text), force=force)]
+    with output_group():
+        return [atomic_write(folder / LATENT, write_npy, force=force),
+                atomic_write(folder / LATENT_JSON, lambda tmp: tmp.write_text(text), force=force)]

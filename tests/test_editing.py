@@ -20,6 +20,7 @@ from editkit.editing.directions import (Direction, DirectionError, apply_edits, 
 from editkit.editing.registry import register_direction
 from editkit.editing.sefa import sefa, sefa_directions, style_affines
 from editkit.editing.supervised import fit_direction, sample_latents
+from editkit.errors import OutputExistsError
 from editkit.latents import camera_record
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -122,7 +123,7 @@ def test_direction_file_round_trip(tmp_path):
     assert json.loads(path.with_suffix(".json").read_text())["accuracy"] == 0.93
     loaded = load_direction(path, num_ws=8, w_dim=16)
     assert np.array_equal(loaded.vector, direction.vector) and loaded.metadata() == direction.metadata()
-    with pytest.raises(DirectionError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         save_direction(path, direction)
 
 

@@ -1,6 +1,13 @@
-"""The demo teacher's fitting recipe on its tiny configuration: it learns, resumes exactly, exports."""
+"""The demo teacher's fitting recipe on its tiny configuration: it learns, resumes exactly (also after kill -9 and a
+damaged newest state), exports."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -8,7 +15,10 @@ from editkit.cameras import frontal_label
 from editkit.checkpoints import load_generator
 from training import fit_teacher
 from training.fit_teacher import CONFIGS, DEFAULTS, GroundTruth, build_teacher, evaluate, evaluation_set, run
+from training.state import state_files
 
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 TINY = {**DEFAULTS, "config": "tiny", "lpips": "none", "lr": 3e-3, "batch": 2}
 
 
@@ -42,3 +52,39 @@ def test_export_loads_by_path_and_renders(tmp_path):
     ws = G.mapping(torch.randn(1, G.z_dim), torch.zeros(1, 25))
     image = G.synthesis(ws, frontal_label().float())["image"]
     assert image.shape == (1, 3, 128, 128) and torch.isfinite(image).all()
+
+
+FIT = """
+import sys
+from pathlib import Path
+from training.fit_teacher import DEFAULTS, run
+settings = {**DEFAULTS, "config": "tiny", "lpips": "none", "lr": 3e-3, "batch": 2}
+run(Path(sys.argv[1]), settings, max_steps=int(sys.argv[2]), checkpoint_minutes=0, eval_heads=1, threads=1)
+"""
+
+
+def fit_process(run_dir, max_steps) -> subprocess.Popen:
+    """The tiny fit in its own process (one thread), saving its state after every step; output in proc.stdout."""
+    return subprocess.Popen([sys.executable, "-c", FIT, str(run_dir), str(max_steps)], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_9_and_a_damaged_newest_state_then_resume_gives_the_same_weights(tmp_path):
+    straight = fit_process(tmp_path / "straight", 4)
+    killed = fit_process(tmp_path / "killed", 1000)
+    deadline = time.monotonic() + 120
+    while len(state_files(tmp_path / "killed")) < 2 and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert killed.poll() is None, killed.communicate()[0][-2000:]
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    newest = state_files(tmp_path / "killed")[0]
+    newest.write_bytes(newest.read_bytes()[:1000])  # damaged too: the resume falls back to the state before it
+    resumed = fit_process(tmp_path / "killed", 4)
+    outputs = [proc.communicate(timeout=300)[0] for proc in (straight, resumed)]
+    assert straight.returncode == resumed.returncode == 0, outputs
+    assert f"skipping unreadable training state {newest.name}" in outputs[1]
+    a, b = (torch.load(state_files(tmp_path / name)[0], weights_only=True) for name in ("straight", "killed"))
+    assert a["step"] == b["step"] == 4
+    for key, value in a["G"].items():
+        torch.testing.assert_close(b["G"][key], value, rtol=0, atol=1e-6, msg=key)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from tqdm import tqdm
 
 from editkit import cameras
 from editkit.checkpoints import load_generator, save_model
+from editkit.errors import EditkitError
+from editkit.io import atomic_write
 from editkit.models.eg3d import TriPlaneGenerator
 from editkit.models.eg3d.configs import rendering_kwargs
 from training.state import load_latest_state, save_state
@@ -286,8 +289,8 @@ def settings_for(run_dir: Path, overrides: dict) -> dict:
     settings = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
     if settings["config"] not in CONFIGS:
         raise SystemExit(f"unknown --config {settings['config']!r}; known: {', '.join(CONFIGS)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    text = json.dumps(settings, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))  # a kill mid-write leaves no half-written settings
     return settings
 
 
@@ -308,12 +311,16 @@ def main(argv=None) -> int:
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
                             help=f"(new runs; default {value})")
     args = parser.parse_args(argv)
-    if args.export:
-        print(f"wrote {export(args.run, args.export, args.force)}")
-        return 0
-    settings = settings_for(args.run, {k: getattr(args, k) for k in DEFAULTS})
-    run(args.run, settings, args.minutes, args.max_steps, args.checkpoint_minutes, args.eval_minutes,
-        threads=args.threads, init_from=args.init_from, device=args.device)
+    try:
+        if args.export:
+            print(f"wrote {export(args.run, args.export, args.force)}")
+            return 0
+        settings = settings_for(args.run, {k: getattr(args, k) for k in DEFAULTS})
+        run(args.run, settings, args.minutes, args.max_steps, args.checkpoint_minutes, args.eval_minutes,
+            threads=args.threads, init_from=args.init_from, device=args.device)
+    except EditkitError as e:  # unreadable states, bad weights, an existing export
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     return 0
 
 

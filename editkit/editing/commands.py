@@ -88,6 +88,15 @@ def _write(direction, args, model):
     return save_direction(args.out, direction, force=args.force)
 
 
+def _check_out(args):
+    """Fail before the slow part: an --out that is not .npy, exists (without --force) or cannot be written."""
+    from editkit.editing.directions import direction_outputs
+    from editkit.io import check_outputs
+
+    if args.out is not None:
+        check_outputs(direction_outputs(args.out), args.force)
+
+
 def _output_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="direction file to write (.npy; its .json goes beside it)")
@@ -126,6 +135,7 @@ def fit(args):
 
     if args.n < 20 or not 0 < args.fraction <= 0.5:
         raise EditkitError("need --n >= 20 and 0 < --fraction <= 0.5")
+    _check_out(args)
     G = load_generator(args.model)
     layers = None if args.layers is None else parse_layers(args.layers, G.num_ws)
     _, ws = sample_latents(G, args.n, args.seed, args.truncation)
@@ -154,16 +164,15 @@ def sefa_arguments(parser):
 def sefa(args):
     """Export the top-k SeFa directions (closed form from the style affine weights)."""
     from editkit.checkpoints import load_generator
-    from editkit.editing.directions import parse_layers, save_direction
+    from editkit.editing.directions import direction_outputs, parse_layers, save_direction
     from editkit.editing.sefa import sefa_directions
+    from editkit.io import check_outputs
 
     G = load_generator(args.model)
     layers = None if args.layers is None else parse_layers(args.layers, G.num_ws)
     directions = sefa_directions(G, args.k, layers, model=str(args.model), model_sha256=_model_sha(args.model))
     paths = [args.out / f"{d.attribute}.npy" for d in directions]
-    existing = [p for p in paths if p.exists()]
-    if existing and not args.force:
-        raise EditkitError(f"{existing[0]} already exists; use --force to overwrite it")
+    check_outputs([out for p in paths for out in direction_outputs(p)], args.force)
     for direction, path in zip(directions, paths):
         save_direction(path, direction, force=args.force)
         print(f"wrote {path} (eigenvalue {direction.data['eigenvalue']:.3f}, "
@@ -186,6 +195,7 @@ def import_(args):
 
     if args.register and not args.model:
         raise EditkitError("--register needs --model (the model the direction belongs to)")
+    _check_out(args)
     num_ws = w_dim = None
     if args.model:
         G = load_generator(args.model)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from editkit.errors import EditkitError
-from editkit.io import atomic_write
+from editkit.io import atomic_write, check_outputs, output_group
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -64,14 +64,18 @@ def sidecar_path(path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save_direction(path, direction: Direction, force: bool = False) -> Path:
-    """Write `direction` as `path` (.npy) and its JSON sidecar, each atomically; refuses to overwrite unless force."""
+def direction_outputs(path) -> list[Path]:
+    """[the .npy, its JSON sidecar] a direction saved as `path` writes (a clear error unless it ends in .npy)."""
     path = Path(path)
     if path.suffix != ".npy":
         raise DirectionError(f"{path}: direction files end in .npy")
-    for out in (path, sidecar_path(path)):
-        if out.exists() and not force:
-            raise DirectionError(f"{out} already exists; use --force to overwrite it")
+    return [path, sidecar_path(path)]
+
+
+def save_direction(path, direction: Direction, force: bool = False) -> Path:
+    """Write `direction` as `path` (.npy) and its JSON sidecar, both or neither; refuses to overwrite unless force."""
+    path = Path(path)
+    check_outputs(direction_outputs(path), force)
     array = np.ascontiguousarray(direction.file_array(), dtype=np.float32)
     text = json.dumps(direction.metadata(), indent=2) + "\n"
 
@@ -79,8 +83,9 @@ def save_direction(path, direction: Direction, force: bool = False) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
 
-    atomic_write(path, write_npy, force=True)
-    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text), force=True)
+    with output_group():
+        atomic_write(path, write_npy, force=True)
+        atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text), force=True)
     return path
 
 

@@ -21,7 +21,8 @@ from editkit import cameras, checkpoints
 from editkit.editing import registry
 from editkit.editing.directions import Direction, apply_edits, load_direction, parse_layers, project_out, restrict
 from editkit.editing.render import grid, render_images, save_gif, save_mp4, save_png
-from editkit.errors import EditkitError, OutputExistsError
+from editkit.errors import EditkitError
+from editkit.io import check_outputs, output_group
 from editkit.latents import LATENT, LATENT_JSON, LatentError, camera_record, check_model, latent_paths, read_latent, \
     write_latent
 
@@ -96,9 +97,7 @@ def run_edit(source, specs: list[EditSpec], out, yaw=None, pitch=None, orbit=Fal
     """Edit the latent at `source`, render and write the outputs; returns {kind: path} plus timings."""
     out = Path(out)
     paths = output_paths(out, orbit, want_grid)
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not force:
-        raise OutputExistsError(f"{existing[0]} already exists; use --force to overwrite it")
+    check_outputs(paths.values(), force)
     if not specs:
         raise EditkitError("nothing to edit: give --attr NAME or --direction FILE.npy (with --strength)")
     ws, meta = read_latent(source)
@@ -126,16 +125,17 @@ def run_edit(source, specs: list[EditSpec], out, yaw=None, pitch=None, orbit=Fal
         labels = cameras.make_label(list(GRID_YAWS) * len(GRID_FACTORS), pitch)
         tiles = render_images(G, rows.repeat_interleave(len(GRID_YAWS), 0), labels, desc="grid")
 
-    # everything is rendered: write the files (each atomically)
+    # everything is rendered: write the files (all of them or none)
     record = {**meta, "camera": camera_record(yaw, pitch), "rendered_with": name,
               "edited_from": str(latent_paths(source)[0]), "edits": [s.describe() for s in specs],
               "layers": layer_list, "keep": list(keep), "render_ms": round(render_ms, 1)}
 
-    save_png(paths["png"], image, force=force)
-    write_latent(out, edited, record, force=force)
-    if orbit:
-        save_mp4(paths["mp4"], video, ORBIT_FPS, force=force)
-        save_gif(paths["gif"], video, ORBIT_FPS, force=force)
-    if want_grid:
-        save_png(paths["grid"], grid(tiles, len(GRID_FACTORS), len(GRID_YAWS)), force=force)
+    with output_group():
+        save_png(paths["png"], image, force=force)
+        write_latent(out, edited, record, force=force)
+        if orbit:
+            save_mp4(paths["mp4"], video, ORBIT_FPS, force=force)
+            save_gif(paths["gif"], video, ORBIT_FPS, force=force)
+        if want_grid:
+            save_png(paths["grid"], grid(tiles, len(GRID_FACTORS), len(GRID_YAWS)), force=force)
     return {**paths, "render_ms": render_ms}

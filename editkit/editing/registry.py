@@ -12,7 +12,7 @@ from pathlib import Path
 
 from editkit import checkpoints
 from editkit.editing.directions import Direction, DirectionError, load_direction, save_direction, sidecar_path
-from editkit.io import atomic_write
+from editkit.io import atomic_write, output_group, staged
 
 REGISTRY = "registry.json"
 
@@ -83,11 +83,12 @@ def register_direction(direction: Direction, model: str, description: str = "", 
         raise DirectionError(f"{folder / REGISTRY}: already lists '{direction.attribute}' for '{model}'; "
                              "use --force to replace it")
     relative = f"{model}/{direction.attribute}.npy"
-    path = save_direction(folder / relative, direction, force=force)
-    entry = {"model": model, "attribute": direction.attribute, "file": relative,
-             "sha256": checkpoints.sha256_file(path), "description": description}
-    text = json.dumps({"directions": others + [entry]}, indent=2) + "\n"
-    atomic_write(folder / REGISTRY, lambda tmp: tmp.write_text(text), force=True)
+    with output_group():  # the direction files and the registry entry appear together
+        path = save_direction(folder / relative, direction, force=force)
+        entry = {"model": model, "attribute": direction.attribute, "file": relative,
+                 "sha256": checkpoints.sha256_file(staged(path)), "description": description}
+        text = json.dumps({"directions": others + [entry]}, indent=2) + "\n"
+        atomic_write(folder / REGISTRY, lambda tmp: tmp.write_text(text), force=True)
     return path
 
 

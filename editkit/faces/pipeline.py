@@ -1,4 +1,5 @@
-"""Photo in, aligned face out: load, detect, 68 landmarks, EG3D-framed crop and camera."""
+"""Photo in, aligned face out: detect, 68 landmarks, EG3D-framed crop and camera (photos are read with
+`editkit.images.load_image`)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,6 @@ from editkit.faces.landmarks import landmarks68
 
 MIN_FACE_PX = 64  # the crop square must span at least this many photo pixels (about 16 px between the eyes)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def load_photo(path) -> np.ndarray:
-    """An RGB uint8 (H, W, 3) array of an image file, turned upright by its EXIF orientation."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except FileNotFoundError:
-        raise EditkitError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise EditkitError(f"{path}: not a readable image ({' '.join(str(e).split())})") from None
 
 
 def prepare_face(image: np.ndarray, resolution: int, face_index: int = 0, detector: str = "auto",

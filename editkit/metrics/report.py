@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from editkit.io import atomic_write
+from editkit.io import atomic_write, output_group
 
 PLOTS = {  # file stem -> (title, y label, path to the per-view statistics in a model summary, noise-floor path)
     "pose": ("Pose error", "degrees (lower is better)", ("pose_deg", "per_view"),
@@ -204,16 +204,18 @@ def write(results: dict, samples: dict, out: Path, force: bool = False) -> list[
     from PIL import Image
 
     out = Path(out)
-    written = plot(results, out / "plots", force)
-    grids = {}
-    for i, (name, views) in enumerate(samples.items()):
-        if len(views):
-            path = out / "samples" / f"{i}_{safe_name(name)}.png"
-            image = Image.fromarray(grid(views))
-            grids[name] = atomic_write(path, lambda tmp, image=image: image.save(tmp, format="png"), force=force)
-    written += list(grids.values())
-    text = json.dumps(clean(results), indent=1, allow_nan=False) + "\n"
-    written.append(atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text), force=force))
-    report = markdown(results, [p for p in written if p.parent.name == "plots"], grids)
-    written.append(atomic_write(out / "report.md", lambda tmp: tmp.write_text(report), force=force))
+    with output_group():  # all files appear together, or none
+        written = plot(results, out / "plots", force)
+        grids = {}
+        for i, (name, views) in enumerate(samples.items()):
+            if len(views):
+                path = out / "samples" / f"{i}_{safe_name(name)}.png"
+                image = Image.fromarray(grid(views))
+                grids[name] = atomic_write(path, lambda tmp, image=image: image.save(tmp, format="png"),
+                                           force=force)
+        written += list(grids.values())
+        text = json.dumps(clean(results), indent=1, allow_nan=False) + "\n"
+        written.append(atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text), force=force))
+        report = markdown(results, [p for p in written if p.parent.name == "plots"], grids)
+        written.append(atomic_write(out / "report.md", lambda tmp: tmp.write_text(report), force=force))
     return written

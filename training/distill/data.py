@@ -2,7 +2,8 @@
 
 Cameras for the teacher come from a pose distribution wider than the data (uniform yaw and pitch), so the
 student also learns the views that are rare in real photos. Real images come from a folder in EG3D's dataset
-layout: image files plus `dataset.json` = `{"labels": [[filename, [25 floats]], ...]}`.
+layout: image files plus `dataset.json` = `{"labels": [[filename, [25 floats]], ...]}`, one label for every image
+(read with editkit.images.load_image).
 """
 
 import json
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from editkit import cameras
-from editkit.errors import EditkitError
+from editkit.errors import EditkitError, ImageError
+from editkit.images import load_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class DatasetError(EditkitError):
@@ -63,7 +67,7 @@ def read_labels(folder: Path) -> list:
         raise DatasetError(f"{path}: not a JSON object with \"labels\" ({e})") from None
     if not isinstance(labels, list) or not labels:
         raise DatasetError(f"{path}: \"labels\" must be a non-empty list of [filename, [25 floats]]")
-    entries = []
+    entries = {}
     for i, entry in enumerate(labels):
         ok = (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
               and isinstance(entry[1], list) and len(entry[1]) == 25
@@ -73,10 +77,21 @@ def read_labels(folder: Path) -> list:
         label = np.asarray(entry[1], np.float32)
         if not np.isfinite(label).all():
             raise DatasetError(f"{path}: labels[{i}] ({entry[0]}) has non-finite values")
-        if not (folder / entry[0]).is_file():
+        name = Path(entry[0])
+        if name.is_absolute() or ".." in name.parts:
+            raise DatasetError(f"{path}: labels[{i}] names {entry[0]}, outside the dataset folder; use paths "
+                               "relative to it")
+        if name.as_posix() in entries:
+            raise DatasetError(f"{path}: labels[{i}] names {entry[0]} a second time; give each image one label")
+        if not (folder / name).is_file():
             raise DatasetError(f"{path}: labels[{i}] names {entry[0]}, which is not in {folder}")
-        entries.append((entry[0], label))
-    return entries
+        entries[name.as_posix()] = label
+    unlabelled = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                        if p.suffix.lower() in IMAGE_SUFFIXES and p.relative_to(folder).as_posix() not in entries)
+    if unlabelled:
+        raise DatasetError(f"{path}: {len(unlabelled)} image(s) in {folder} have no label (first: {unlabelled[0]}); "
+                           "add them to dataset.json or move them out of the folder")
+    return list(entries.items())
 
 
 class RealImages:
@@ -96,15 +111,15 @@ class RealImages:
         """Image `index` as (3, resolution, resolution) float32 in [-1, 1]; square images are resized to fit."""
         path = self.folder / self.entries[index][0]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            raise DatasetError(f"{path}: cannot read the image ({e})") from None
-        if img.width != img.height:
-            raise DatasetError(f"{path}: image is {img.width}x{img.height}; EG3D datasets hold square crops")
-        if img.width != self.resolution:
-            img = img.resize((self.resolution, self.resolution), Image.LANCZOS)
-        return torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
+            pixels = load_image(path)
+        except ImageError as e:
+            raise DatasetError(f"cannot read the image: {e}") from None
+        height, width = pixels.shape[:2]
+        if width != height:
+            raise DatasetError(f"{path}: image is {width}x{height}; EG3D datasets hold square crops")
+        if width != self.resolution:
+            pixels = np.asarray(Image.fromarray(pixels).resize((self.resolution, self.resolution), Image.LANCZOS))
+        return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
 
     def batch(self, indices) -> tuple:
         """(images (N, 3, R, R), labels (N, 25)) for dataset indices."""

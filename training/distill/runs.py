@@ -20,7 +20,7 @@ from PIL import Image
 
 from editkit.errors import EditkitError
 from editkit.io import atomic_write
-from training.state import load_latest_state, save_state, state_files
+from training.state import load_latest_state, save_state
 
 CHECKPOINT_FORMAT = "editkit-distill"
 CHECKPOINT_VERSION = 1
@@ -73,10 +73,9 @@ class RunFolder:
                                                         **state})
 
     def load_checkpoint(self, log=print):
-        """The newest readable checkpoint (a dict; unreadable ones are reported and skipped), None if none."""
+        """The newest readable checkpoint (a dict; unreadable ones are reported and skipped), None if none
+        (training.state.StateError if there are checkpoints but none can be read)."""
         state = load_latest_state(self.checkpoint_dir, log=log)
-        if state is None and state_files(self.checkpoint_dir):
-            raise RunError(f"{self.checkpoint_dir}: none of the checkpoints can be read; remove them to start over")
         if state is not None and (not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT
                                   or state.get("version") != CHECKPOINT_VERSION
                                   or any(k not in state for k in CHECKPOINT_KEYS)):
