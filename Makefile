@@ -1,9 +1,9 @@
 # `make test` and `make demo` work on a fresh machine: they build .venv, install the Debian packages the renderer
-# needs, convert the offline perceptual-loss weights once, then run.
+# (and the web demo's browser test) needs, convert the offline perceptual-loss weights once, then run.
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.editkit-installed
-DEB_PKGS := libegl1 libgl1-mesa-dri libegl-mesa0 libgbm1
+DEB_PKGS := libegl1 libgl1-mesa-dri libegl-mesa0 libgbm1 chromium
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo venv sysdeps weights bench clean
