@@ -35,6 +35,7 @@ from scipy.special import ndtr
 
 from editkit import cameras
 from editkit.errors import EditkitError, OutputExistsError
+from editkit.io import atomic_write
 from training.synthetic.head_model import DEFAULT_MODEL_PATH, PARAM_NAMES, HeadModel, HeadParams, sample_params
 from training.synthetic.render import HeadRenderer
 
@@ -99,16 +100,22 @@ def write_dataset(out: Path, heads: int, views: int, seed: int = 0, resolution: 
             log(f"{i + 1}/{n} images, {(time.perf_counter() - start) / (i + 1) * 1000:.1f} ms each")
     renderer.release()
 
-    (out / "dataset.json").write_text(json.dumps(
-        {"labels": [[f, [float(x) for x in c]] for f, c in zip(filenames, labels)]}))
     meta = {"heads": heads, "views": views, "seed": seed, "resolution": resolution, "smile_yaw_corr": smile_yaw_corr,
             "yaw_std": YAW_STD, "pitch_std": PITCH_STD,
             "model_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest()}
     extra = {"depth": depths, "mask": masks} if depth else {}
-    np.savez_compressed(out / "ground_truth.npz", filenames=np.array(filenames), head=head, params=params,
-                        param_names=np.array(PARAM_NAMES), labels=labels, yaw=yaw.astype(np.float32),
-                        pitch=pitch.astype(np.float32), landmarks2d=lm2d, landmarks3d=lm3d,
-                        meta=np.array(json.dumps(meta)), **extra)
+
+    def write_truth(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, filenames=np.array(filenames), head=head, params=params,
+                                param_names=np.array(PARAM_NAMES), labels=labels, yaw=yaw.astype(np.float32),
+                                pitch=pitch.astype(np.float32), landmarks2d=lm2d, landmarks3d=lm3d,
+                                meta=np.array(json.dumps(meta)), **extra)
+
+    # both atomically, the labels last: a folder with dataset.json is complete
+    atomic_write(out / "ground_truth.npz", write_truth, force=True)
+    text = json.dumps({"labels": [[f, [float(x) for x in c]] for f, c in zip(filenames, labels)]})
+    atomic_write(out / "dataset.json", lambda tmp: tmp.write_text(text), force=True)
     smile = params[:, HeadParams.index("smile_l")]
     summary = {"images": n, "seconds": round(time.perf_counter() - start, 1),
                "corr_yaw_smile": round(float(np.corrcoef(yaw, smile)[0, 1]), 3) if smile.std() > 0 else 0.0}
