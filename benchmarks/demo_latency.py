@@ -105,7 +105,7 @@ def floor_app():
     with gr.Blocks(analytics_enabled=False) as app:
         yaw = gr.Slider(-45, 45, 0, step=1, elem_id="yaw")
         view = gr.Image(format="png", elem_id="view")
-        yaw.input(lambda y: image + np.uint8(abs(y)), yaw, view, trigger_mode="always_last", show_progress="hidden")
+        yaw.input(lambda y: image + np.uint8(y + 45), yaw, view, trigger_mode="always_last", show_progress="hidden")
     app.queue()
     app.editkit_limits = Limits()  # what launch() reads
     return app
