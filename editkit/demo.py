@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from editkit import cameras, checkpoints
 from editkit.editing import registry
@@ -37,6 +37,7 @@ from editkit.editing.edit import ORBIT_FPS, ORBIT_PITCH, ORBIT_YAW
 from editkit.editing.render import render_images, save_mp4, save_png
 from editkit.errors import EditkitError
 from editkit.faces import prepare_face
+from editkit.images import load_image
 from editkit.inversion import Settings, generator_kind, invert, to_tensor
 from editkit.latents import camera_record, model_record, write_latent
 from editkit.perceptual import LPIPS
@@ -128,21 +129,19 @@ def load_models(name: str | None = None, teacher: str | None = None, announce=pr
 
 
 def read_upload(path, name: str, limits: Limits) -> np.ndarray:
-    """An uploaded photo as RGB uint8 (H, W, 3), upright by its EXIF orientation, within the limits."""
+    """An uploaded photo as RGB uint8 (H, W, 3) (editkit.images.load_image), within the limits."""
     path = Path(path)
     megabytes = path.stat().st_size / 1e6
     if megabytes > limits.max_upload_mb:
         raise DemoError(f"{name}: the file is {megabytes:.1f} MB; the limit is {limits.max_upload_mb:g} MB")
     try:
-        with Image.open(path) as image:  # reads the header only: the size is checked before decoding
-            if max(image.size) > limits.max_side:
-                raise DemoError(f"{name}: the image is {image.width} x {image.height} px; the limit is "
-                                f"{limits.max_side} px per side")
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise DemoError(f"{name}: not an image this demo can read (JPEG, PNG, WebP, BMP or TIFF)") from None
-    except OSError as e:
-        raise DemoError(f"{name}: the image could not be decoded ({' '.join(str(e).split())})") from None
+        with Image.open(path) as image:  # the header only: the size is checked before anything is decoded
+            width, height = image.size
+    except (OSError, Image.DecompressionBombError):
+        width = height = 0  # not a readable image: load_image says what is wrong with it
+    if max(width, height) > limits.max_side:
+        raise DemoError(f"{name}: the image is {width} x {height} px; the limit is {limits.max_side} px per side")
+    return load_image(path, name=name)
 
 
 def slider_range(direction: Direction) -> float:

@@ -32,6 +32,7 @@ from editkit.cli import main
 from editkit.demo import (DemoError, DemoModel, FALLBACK_MODEL, Demo, Limits, build_app, launch, load_models,
                           read_upload, safe_name, slider_range)
 from editkit.editing.directions import Direction
+from editkit.errors import EditkitError
 from editkit.editing.registry import register_direction
 from editkit.inversion import Settings
 from editkit.latents import check_model, model_record, read_latent
@@ -230,7 +231,7 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(server, tmp_path
     (tmp_path / "notes.png").write_text("not an image at all\n")
     Image.fromarray(np.zeros((8, 1200, 3), np.uint8)).save(tmp_path / "wide.png")
     Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(tmp_path / "wall.png")
-    expected = {"notes.png": "notes.png: not an image this demo can read",
+    expected = {"notes.png": "notes.png: not an image file",
                 "wide.png": "wide.png: the image is 1200 x 8 px; the limit is 1000 px per side",
                 "wall.png": "wall.png: no face found"}
     for name, message in expected.items():
@@ -258,7 +259,7 @@ def test_read_upload_limits(tmp_path):
         read_upload(path, "face.png", Limits(max_side=64))
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(path.read_bytes()[:80])
-    with pytest.raises(DemoError, match="cut.png: the image could not be decoded"):
+    with pytest.raises(EditkitError, match="cut.png: the image is damaged and cannot be decoded"):
         read_upload(truncated, "cut.png", Limits())
     assert safe_name("../../<img src=x onerror=alert(1)>.png") == "img_src_x_onerror_alert_1_.png"
     assert safe_name("...") == "photo"
