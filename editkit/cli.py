@@ -15,7 +15,7 @@ from pathlib import Path
 
 from editkit import __version__
 from editkit.editing import commands as editing_commands
-from editkit.errors import EditkitError, EditkitWarning
+from editkit.errors import EditkitError, EditkitWarning, one_line
 from editkit.io import check_outputs
 
 
@@ -214,7 +214,7 @@ def demo(args):
     try:
         launch(build_app(model, settings, limits), args.host, args.port)
     except OSError as e:  # the port is taken, or the address is not this machine's
-        raise EditkitError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(e).split())}") from None
+        raise EditkitError(f"cannot serve on {args.host}:{args.port}: {one_line(e)}") from None
 
 
 # name -> (add arguments, run); the run function's docstring is the help text.
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
             warnings.showwarning = show_warning
             args.run(args)
     except EditkitError as e:
-        print(f"editkit: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"editkit: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("editkit: interrupted", file=sys.stderr)
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
         if getattr(args, "debug", False):
             traceback.print_exc()
         else:
-            print(f"editkit: internal error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug "
+            print(f"editkit: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug "
                   "for the traceback)", file=sys.stderr)
         return 1
     return 0

@@ -35,7 +35,7 @@ from editkit.editing import registry
 from editkit.editing.directions import Direction, apply_edits
 from editkit.editing.edit import ORBIT_FPS, ORBIT_PITCH, ORBIT_YAW
 from editkit.editing.render import render_images, save_mp4, save_png
-from editkit.errors import EditkitError
+from editkit.errors import EditkitError, one_line
 from editkit.faces import prepare_face
 from editkit.images import load_image
 from editkit.inversion import Settings, generator_kind, invert, to_tensor
@@ -250,7 +250,7 @@ def as_message(fn):
         except gr.Error:
             raise
         except EditkitError as e:
-            raise gr.Error(" ".join(str(e).split()), print_exception=False) from None
+            raise gr.Error(one_line(e), print_exception=False) from None
         except Exception as e:  # a bug: the page gets one line, the server log the traceback
             traceback.print_exc()
             raise gr.Error(f"internal error ({type(e).__name__}); the server log has the details",

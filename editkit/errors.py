@@ -43,3 +43,8 @@ class NoFaceError(FaceError):
 
 class FaceTooSmallError(FaceError):
     """The face is too small in the photo for a useful crop."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message with its whitespace (newlines included) folded: how every command reports errors."""
+    return " ".join(str(error).split())

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from editkit.errors import EditkitWarning, ImageError
+from editkit.errors import EditkitWarning, ImageError, one_line
 
 MAX_PIXELS = 64_000_000                                   # 8000 x 8000; a 4K frame is 8.3 MP
 READABLE = "JPEG, PNG, WebP, BMP, TIFF or GIF"
@@ -69,7 +69,7 @@ def load_image(path, max_pixels: int = MAX_PIXELS, name: str | None = None) -> n
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file ({READABLE} expected)") from None
     except Exception as e:  # any failure inside the decoder means the bytes are damaged
-        detail = " ".join(str(e).split())[:120] or type(e).__name__
+        detail = one_line(e)[:120] or type(e).__name__
         raise ImageError(f"{name}: the image is damaged and cannot be decoded ({detail}); "
                          "re-export or download it again") from None
     if frames > 1 and kind not in SILENT_MULTI_FRAME:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from editkit import weights as weight_files
-from editkit.errors import CheckpointError
+from editkit.errors import CheckpointError, one_line
 
 _BUILT = {}  # (net, resolved path, mtime) -> frozen lpips.LPIPS on the CPU; every LPIPS instance gets a copy
 
@@ -31,7 +31,7 @@ def read_backbone(path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{path}: cannot read it as LPIPS backbone weights ({' '.join(str(e).split())})") \
+        raise CheckpointError(f"{path}: cannot read it as LPIPS backbone weights ({one_line(e)})") \
             from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict of tensors")

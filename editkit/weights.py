@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as save_safetensors
 
-from editkit.errors import CheckpointError, EditkitError, UnsafePickleError
+from editkit.errors import CheckpointError, EditkitError, UnsafePickleError, one_line
 from editkit.io import atomic_write
 
 SETUP_COMMAND = "python -m editkit.weights setup"
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     try:
         setup(args.source, args.force)
     except EditkitError as e:
-        print(f"editkit: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"editkit: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

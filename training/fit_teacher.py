@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from editkit import cameras
 from editkit.checkpoints import load_generator, save_model
-from editkit.errors import EditkitError
+from editkit.errors import EditkitError, one_line
 from editkit.io import atomic_write
 from editkit.models.eg3d import TriPlaneGenerator
 from editkit.models.eg3d.configs import rendering_kwargs
@@ -230,9 +230,8 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
         t0 = time.time()
         z = torch.randn(settings["batch"], LATENT_SIZE, generator=generator)
         labels = sample_cameras(generator, settings["batch"], settings["yaw_range"], settings["pitch_std"])
-        z, labels = z.to(device), labels.to(device)
-        terms = fit_losses(G, lpips, to_device(truth(z.cpu(), labels.cpu()), device), z, labels, settings, generator,
-                           step)
+        target = to_device(truth(z, labels), device)  # rendered on the CPU
+        terms = fit_losses(G, lpips, target, z.to(device), labels.to(device), settings, generator, step)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
@@ -319,7 +318,7 @@ def main(argv=None) -> int:
         run(args.run, settings, args.minutes, args.max_steps, args.checkpoint_minutes, args.eval_minutes,
             threads=args.threads, init_from=args.init_from, device=args.device)
     except EditkitError as e:  # unreadable states, bad weights, an existing export
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

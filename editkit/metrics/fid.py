@@ -16,7 +16,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
-from editkit.errors import CheckpointError, EditkitError
+from editkit.errors import CheckpointError, EditkitError, one_line
 from editkit.weights import cache_dir
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -76,7 +76,7 @@ def fid_kid(generated_dir, real_dir, weights=None, kid_subset_size: int = 1000) 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable Inception state dict ({' '.join(str(e).split())[:200]})") \
+        raise CheckpointError(f"{path}: not a readable Inception state dict ({one_line(e)[:200]})") \
             from None
     import torch_fidelity
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from editkit.errors import CheckpointError, EditkitError
+from editkit.errors import CheckpointError, EditkitError, one_line
 from editkit.weights import dlib_model_path
 
 ENV = "EDITKIT_ID_MODEL"
@@ -172,7 +172,7 @@ def read_state_dict(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable state dict ({' '.join(str(e).split())[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable state dict ({one_line(e)[:200]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -242,7 +242,7 @@ def load_embedder(spec: str | None = None) -> Embedder:
     except EditkitError:
         raise
     except Exception as e:  # onnxruntime, cv2 and dlib each raise their own types for a bad file
-        raise CheckpointError(f"{path}: cannot load it as {kind} weights ({' '.join(str(e).split())[:200]})") \
+        raise CheckpointError(f"{path}: cannot load it as {kind} weights ({one_line(e)[:200]})") \
             from None
 
 

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from editkit.errors import EditkitError
+from editkit.errors import EditkitError, one_line
 from editkit.models.student import DEFAULT_WIDTH
 
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     try:
         train(args)
     except EditkitError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 
