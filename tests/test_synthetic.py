@@ -223,16 +223,25 @@ def test_dataset_writer_layout_and_determinism(tmp_path):
     assert dataset.main(["--out", str(a), "--heads", "1"]) == 2
 
 
-def test_smile_yaw_correlation_knob():
+def test_yaw_correlation_knob():
     rng = np.random.default_rng(0)
     yaw, _ = dataset.sample_poses(rng, 4000)
     params = sample_params(rng, 4000)
-    biased = dataset.correlate_smile(params, yaw, 0.8, rng)
+    biased = dataset.correlate_with_yaw(params, yaw, 0.8, rng)
     smile = biased[:, HeadParams.index("smile_l")]
     assert np.corrcoef(yaw, smile)[0, 1] > 0.6 and np.array_equal(smile, biased[:, HeadParams.index("smile_r")])
     assert np.array_equal(biased[:, HeadParams.identity], params[:, HeadParams.identity])
-    with pytest.raises(EditkitError, match="smile-yaw-corr"):
-        dataset.write_dataset(Path("unused"), heads=1, views=1, smile_yaw_corr=1.5, log=None)
+    tone = HeadParams.index("skin_tone")
+    darker = dataset.correlate_with_yaw(params, yaw, 0.8, rng, "skin_tone")
+    assert np.corrcoef(yaw, darker[:, tone])[0, 1] > 0.6
+    # the marginal stays the world's Beta(1, 2.2): same mean and spread as the unbiased tones
+    assert abs(darker[:, tone].mean() - params[:, tone].mean()) < 0.02
+    assert abs(darker[:, tone].std() - params[:, tone].std()) < 0.02
+    assert np.array_equal(np.delete(darker, tone, 1), np.delete(params, tone, 1))
+    with pytest.raises(EditkitError, match="yaw-corr"):
+        dataset.write_dataset(Path("unused"), heads=1, views=1, yaw_corr=1.5, log=None)
+    with pytest.raises(EditkitError, match="yaw-corr-attr"):
+        dataset.correlate_with_yaw(params, yaw, 0.5, rng, "hair_length")
 
 
 def test_examples_have_ground_truth():
