@@ -22,6 +22,7 @@ from editkit import cameras, checkpoints
 from editkit.models.student import Student
 from training.distill.__main__ import main
 from training.distill.data import DatasetError, RealImages
+from training.distill.loop import ema_decay
 from training.state import state_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +164,14 @@ def test_stage1_lowers_its_loss_and_writes_samples_and_the_student(teacher_file,
     assert provenance["command"].startswith("python -m training.distill --teacher")
     assert provenance["data"]["teacher_sha256"] == checkpoints.sha256_file(teacher_file)
     assert provenance["training"]["steps"] == 10 and provenance["metrics"]["g_loss"] == g_loss[-1]
+
+
+def test_ema_ramp_forgets_the_initial_weights_of_a_short_run():
+    # share of the initial weights left in the EMA after n steps: the product of the decays
+    left = np.cumprod([ema_decay(step, 0.999) for step in range(20000)])
+    assert left[599] < 0.02  # a flat 0.999 would leave 0.999 ** 600 = 55%
+    assert ema_decay(0, 0.999) == 0.1 and ema_decay(100000, 0.999) == 0.999
+    assert ema_decay(50, 0.5) == 0.5  # a low cap is reached early
 
 
 def test_pcgan_mode_trains_without_the_teacher(teacher_file, real_folder, tiny_eg3d, tmp_path):

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--adv-weight", type=float, default=0.1, help="stage 2: weight of the generator's GAN loss")
     loss.add_argument("--r1-gamma", type=float, default=1.0, help="R1 weight (0 disables)")
     loss.add_argument("--r1-interval", type=int, default=4, help="R1 every this many steps (lazy regularisation)")
-    loss.add_argument("--ema-beta", type=float, default=0.999, help="EMA decay of the exported student per step")
+    loss.add_argument("--ema-beta", type=float, default=0.999,
+                      help="EMA decay of the exported student per step, reached by a ramp (step+1)/(step+10)")
     run = parser.add_argument_group("run")
     run.add_argument("--steps", type=int, default=20000, help="total steps (all sessions of the run)")
     run.add_argument("--minutes", type=float, help="stop after this much wall time (all sessions of the run)")

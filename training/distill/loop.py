@@ -52,6 +52,12 @@ class DistillError(EditkitError):
     """Options that do not fit together, or a network that does not fit the teacher."""
 
 
+def ema_decay(step: int, beta: float) -> float:
+    """EMA decay at `step` (0-based): (step + 1) / (step + 10), capped at `beta` (reached after ~9000 steps at
+    0.999). A flat 0.999 would leave a short run's export mostly its initial weights (55% after 600 steps)."""
+    return min(beta, (step + 1) / (step + 10))
+
+
 def check_options(args) -> None:
     """Refuse option combinations that cannot work, before anything is loaded."""
     if args.mode == "pcgan":
@@ -246,7 +252,6 @@ class Trainer:
         self.opt_g.step()
         if not self.distill:  # w_avg follows each process's batch: keep one value
             self.dist.average([self.student.mapping_network.w_avg])
-        self.update_ema()
         return fake.detach(), parts
 
     def discriminator_step(self, batch: dict, fake: torch.Tensor, step: int) -> dict:
@@ -273,14 +278,15 @@ class Trainer:
         """Step `step` (0-based): sample, update the student, then the discriminator. Returns float loss parts."""
         batch = self.sample_batch(step_generator(self.args.seed, self.dist.rank, step))
         fake, parts = self.generator_step(batch)
+        self.update_ema(ema_decay(step, self.args.ema_beta))
         if self.D is not None:
             parts.update(self.discriminator_step(batch, fake, step))
         return {k: float(v) for k, v in parts.items()}
 
     @torch.no_grad()
-    def update_ema(self) -> None:
+    def update_ema(self, beta: float) -> None:
         for p_ema, p in zip(self.ema.parameters(), self.student.parameters()):
-            p_ema.lerp_(p, 1 - self.args.ema_beta)
+            p_ema.lerp_(p, 1 - beta)
         for b_ema, b in zip(self.ema.buffers(), self.student.buffers()):
             b_ema.copy_(b)
 
