@@ -10,8 +10,9 @@ The page: a photo (upload or an example) is aligned and inverted through the mod
 optimisation); then one slider per shipped direction plus yaw and pitch re-render the edited latent on every move;
 a checkbox shows the student's teacher beside it (same latent, edits and view); a button writes the latent, the
 images and an orbit video for download. Uploads are limited in bytes and pixels, every error reaches the page as a
-one-line message, and a queue with concurrency limits serves simultaneous users in turn. docs/demo.md has the
-details and the measured latency of a slider update.
+one-line message, a queue with concurrency limits serves simultaneous users in turn, and an inversion whose user
+left (page closed, connection dropped) stops at its next step. docs/demo.md has the details and the measured latency
+of a slider update.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ EXPORT_MAX_AGE_S = 3600               # download folders older than this are rem
 
 class DemoError(EditkitError):
     """A problem the page reports to its user: a bad upload, no face, nothing inverted yet."""
+
+
+class Abandoned(DemoError):
+    """An inversion stopped because its user left: nobody is waiting for its result."""
 
 
 @dataclass
@@ -171,9 +176,10 @@ class Demo:
         self._exports = tempfile.TemporaryDirectory(prefix="editkit-demo-")  # removed when the demo goes away
         self.exports = Path(self._exports.name)
 
-    def invert_photo(self, path, name: str, progress=lambda fraction, desc: None) -> dict:
+    def invert_photo(self, path, name: str, progress=lambda fraction, desc: None, abandoned=lambda: False) -> dict:
         """Align and invert an uploaded photo (`name`: its file name); the session state: latent, camera, crop,
-        losses, timings."""
+        losses, timings. `abandoned()` is asked before every step: when it says yes, the inversion stops with
+        `Abandoned`."""
         start, name = time.perf_counter(), safe_name(name)
         progress(0.0, "finding the face")
         image = read_upload(path, name, self.limits)
@@ -181,8 +187,14 @@ class Demo:
         with self.face_lock:
             face = prepare_face(image, G.img_resolution, source=name)
         progress(0.05, "inverting")
+
+        def stop_if_abandoned(step):
+            if abandoned():
+                raise Abandoned(f"{name}: inversion stopped at step {step} of {self.settings.steps}: its user left")
+
         result = invert(G, to_tensor([face.image]), face.label[None], self.settings,
-                        mask=torch.from_numpy(face.valid)[None, None], perceptual=self.perceptual)
+                        mask=torch.from_numpy(face.valid)[None, None], perceptual=self.perceptual,
+                        before_step=stop_if_abandoned)
         (yaw, pitch), = result.yaw_pitch()
         return {"ws": result.ws.numpy(), "yaw": yaw, "pitch": pitch, "source": name, "aligned": face.image,
                 "losses": {k: v[0] for k, v in result.losses.items()}, "seconds": time.perf_counter() - start,
@@ -258,6 +270,18 @@ def as_message(fn):
     return wrapper
 
 
+def client_gone() -> bool:
+    """Whether the Gradio event running this call has lost its client: the page was closed, the connection dropped
+    or the event was cancelled. Gradio 6 lets such a function run to its end and throws the result away; this reads
+    its queue (internals: `_queue.active_jobs`, `Event.alive`; tests/test_demo.py notices if they change)."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    if blocks is None or event_id is None:
+        return False  # not run by a queued Gradio event
+    return not any(event._id == event_id and event.alive for job in blocks._queue.active_jobs if job for event in job)
+
+
 def example_photos() -> list[str]:
     """The shipped example photos (examples/*.png)."""
     return [str(p) for p in sorted(EXAMPLES_DIR.glob("*.png"))]
@@ -282,8 +306,12 @@ def build_app(model: DemoModel, settings: Settings | None = None, limits: Limits
         # is Gradio's file record of the upload, already checked to lie in its upload folder.
         if not upload:
             raise DemoError("no photo: upload one (or pick an example) first")
-        state = demo.invert_photo(upload["path"], upload.get("orig_name") or upload["path"],
-                                  lambda fraction, desc: progress(fraction, desc=desc))
+        try:
+            state = demo.invert_photo(upload["path"], upload.get("orig_name") or upload["path"],
+                                      lambda fraction, desc: progress(fraction, desc=desc), client_gone)
+        except Abandoned as e:
+            print(f"editkit demo: {one_line(e)}", flush=True)  # the server's log: no page is left to show it
+            raise
         losses = state["losses"]
         status = (f"**{state['source']}** inverted through `{model.name}` in {state['seconds']:.1f} s "
                   f"({state['steps']} steps): PSNR {losses['psnr']:.1f} dB, LPIPS {losses['lpips']:.3f}; camera yaw "

@@ -188,12 +188,13 @@ def camera_from_offsets(yaw0, pitch0, focal, offsets):
 
 def invert(G, target: torch.Tensor, label: torch.Tensor, settings: Settings | None = None,
            mask: torch.Tensor | None = None, identity: Callable | None = None, perceptual=None,
-           progress: bool = True) -> InversionResult:
+           progress: bool = True, before_step: Callable[[int], None] | None = None) -> InversionResult:
     """Invert targets (N, 3, R, R) in [-1, 1] seen from cameras `label` (N, 25) through generator G.
 
     `mask` (N, 1, R, R) marks the pixels that count (1; e.g. the aligned crop's `valid`). `identity(image,
     target) -> (N,)` is an optional extra loss (weighted by settings.identity_weight). `perceptual` is an
-    `editkit.perceptual.LPIPS` to reuse across calls (default: built for settings.lpips).
+    `editkit.perceptual.LPIPS` to reuse across calls (default: built for settings.lpips). `before_step(step)` is
+    called before every W+ step; an exception it raises ends the inversion (the web demo stops one whose user left).
     """
     s = settings or Settings()
     device = G.w_avg.device
@@ -230,6 +231,8 @@ def invert(G, target: torch.Tensor, label: torch.Tensor, settings: Settings | No
     with frozen(G):
         bar = tqdm(range(s.steps), desc="invert", unit="step", disable=not progress, leave=False)
         for step in bar:
+            if before_step is not None:
+                before_step(step)
             factor = lr_schedule(step / s.steps, s.lr_rampup, s.lr_rampdown)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor

@@ -8,14 +8,17 @@ the README's screenshot there (docs/demo.md).
 
 import copy
 import io
+import json
 import os
 import re
 import shutil
 import socket
 import threading
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -247,6 +250,49 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(server, tmp_path
     # ... and the same server still serves
     *_, status = client.predict(handle_file(str(EXAMPLES / "synthetic_05.png")), api_name="/invert")
     assert "inverted through" in status
+
+
+def start_and_drop(url: str, photo: Path) -> None:
+    """Start an inversion of `photo` as the page does (upload, join the queue, follow the event stream), then close
+    the connection once the optimisation is under way: a user closing the tab mid-inversion."""
+    session = uuid.uuid4().hex
+    with httpx.Client(timeout=WAIT_MS / 1000) as http:
+        invert_fn = next(d["id"] for d in http.get(f"{url}config").json()["dependencies"]
+                         if d["api_name"] == "invert")
+        with open(photo, "rb") as f:
+            path, = http.post(f"{url}gradio_api/upload", files={"files": (photo.name, f, "image/png")}).json()
+        upload = {"path": path, "orig_name": photo.name, "meta": {"_type": "gradio.FileData"}}
+        http.post(f"{url}gradio_api/queue/join",
+                  json={"data": [upload], "fn_index": invert_fn, "session_hash": session}).raise_for_status()
+        with http.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}) as events:
+            for line in events.iter_lines():
+                message = json.loads(line.removeprefix("data:")) if line.startswith("data:") else {}
+                assert message.get("msg") != "process_completed", message  # it must still be running
+                if any(unit["desc"] == "invert" and (unit["index"] or 0) >= 1
+                       for unit in message.get("progress_data") or []):
+                    return  # step 2 is under way: leaving the `with` blocks closes the socket
+    pytest.fail("the event stream ended before the inversion got under way")
+
+
+def test_a_user_who_leaves_mid_inversion_stops_it_and_others_are_served(tiny_model, tmp_path, capfd):
+    """The connection drops during an inversion: it stops at its next step, writes no output, and the next user
+    (queued behind it: one inversion at a time) gets a correct result."""
+    steps, gradio_files = 12, tmp_path / "gradio"  # the dropped inversion stops after about 2 steps
+    with serving(tiny_model, Settings(steps=steps), replace(LIMITS, inversions=1), gradio_files, []) as url:
+        start_and_drop(url, EXAMPLES / "synthetic_01.png")
+        # the dropped inversion holds the only slot until its function returns: this result comes after it
+        client = connect(url, tmp_path / "downloads")
+        crop, *_, status = client.predict(handle_file(str(EXAMPLES / "synthetic_02.png")), api_name="/invert")
+        written = {p: p.read_bytes() for p in gradio_files.rglob("*") if p.is_file()}  # removed when it closes
+    assert status.startswith(f"**synthetic_02.png** inverted through `{tiny_model.name}`")
+    assert f"({steps} steps)" in status and Image.open(crop).size == (128, 128)
+    stopped = re.search(rf"editkit demo: synthetic_01.png: inversion stopped at step (\d+) of {steps}: its user left",
+                        capfd.readouterr().out)
+    assert stopped and int(stopped[1]) < steps
+    # Gradio's folder holds the two uploads and the second user's crop: no output of the dropped inversion
+    uploads = sorted(p.name for p in written if p.name.startswith("synthetic_"))
+    outputs = [data for p, data in written.items() if not p.name.startswith("synthetic_")]
+    assert uploads == ["synthetic_01.png", "synthetic_02.png"] and outputs == [Path(crop).read_bytes()], list(written)
 
 
 def test_read_upload_limits(tmp_path):
