@@ -533,6 +533,17 @@ def resolve_checkpoint(name_or_path) -> Path:
     return path
 
 
+def named_model(spec: str) -> tuple[str, str]:
+    """'LABEL=MODEL' -> (LABEL, MODEL), how reports name the models they compare; a bare registry name or path is
+    labelled by itself (a path by its file name without the suffix)."""
+    label, sep, model = spec.partition("=")
+    if not sep:
+        return Path(spec).stem, spec
+    if not label or not model:
+        raise CheckpointError(f"{spec!r}: write a model as LABEL=NAME_OR_PATH or just NAME_OR_PATH")
+    return label, model
+
+
 def load_network(name_or_path, names, device="cpu"):
     """The first network of `names` found in a registry model, an editkit checkpoint or an official pickle.
 

@@ -79,8 +79,9 @@ def models(args):
 
 def evaluate_arguments(parser):
     parser.add_argument("--models", required=True,
-                        help="comma-separated registry names or paths; the first model's mapping makes the latents "
-                             "(e.g. demo-teacher,demo-student)")
+                        help="comma-separated registry names or paths, each optionally labelled LABEL=PATH; the "
+                             "first model's mapping makes the latents (e.g. demo-teacher,stage1=runs/s1/student."
+                             "safetensors,demo-student)")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json, report.md, plots, samples")
     parser.add_argument("--id", action="store_true", help="identity across views (face-recognition embeddings)")
     parser.add_argument("--landmarks", action="store_true", help="landmark consistency (triangulated 68 landmarks)")

@@ -212,9 +212,13 @@ class ModelRun:
 
 def load_models(config: EvalConfig) -> list[ModelRun]:
     """Every model of the config, checked to share the first one's latent space."""
-    from editkit.checkpoints import load_generator
+    from editkit.checkpoints import load_generator, named_model
 
-    runs = [ModelRun(name, load_generator(name, device=config.device), config.device) for name in config.models]
+    named = [named_model(spec) for spec in config.models]
+    if len({label for label, _ in named}) != len(named):
+        raise EditkitError(f"--models: two models have the same label ({', '.join(config.models)}); "
+                           "name them with LABEL=PATH")
+    runs = [ModelRun(label, load_generator(model, device=config.device), config.device) for label, model in named]
     first = runs[0].G
     for run in runs[1:]:
         for attribute in ("z_dim", "w_dim", "num_ws"):

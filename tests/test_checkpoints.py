@@ -280,3 +280,14 @@ def test_every_shipped_model_loads_by_name_and_renders():
         ws = G.mapping(torch.randn(1, G.z_dim), torch.zeros(1, 25))
         image = G.synthesis(ws, make_label(0.0, 0.0).float())["image"]
         assert image.shape == (1, 3, G.img_resolution, G.img_resolution) and torch.isfinite(image).all(), name
+
+
+def test_named_model_labels_what_reports_compare():
+    from editkit.checkpoints import named_model
+
+    assert named_model("demo-student") == ("demo-student", "demo-student")
+    assert named_model("runs/s1/student.safetensors") == ("student", "runs/s1/student.safetensors")
+    assert named_model("stage1=runs/s1/student.safetensors") == ("stage1", "runs/s1/student.safetensors")
+    for bad in ("=runs/x.safetensors", "stage1="):
+        with pytest.raises(CheckpointError, match="LABEL=NAME_OR_PATH"):
+            named_model(bad)

@@ -244,11 +244,11 @@ def test_eval_cli_on_random_generators_counts_missing_faces(tiny_eg3d, tmp_path,
     for name in ("G", "G_ema"):
         paths.append(save_model(tmp_path / f"{name}.safetensors", {"G": tiny_eg3d[name]}))
     out = tmp_path / "report"
-    args = ["eval", "--models", ",".join(map(str, paths)), "--n", "2", "--views", "2", "--samples", "2",
+    args = ["eval", "--models", f"first={paths[0]},{paths[1]}", "--n", "2", "--views", "2", "--samples", "2",
             "--noise-floor", "--noise-floor-n", "2", "--out", str(out)]
     assert cli.main(args) == 0
     results = json.loads((out / "metrics.json").read_text())
-    first, second = (results["models"][str(p)] for p in paths)
+    first, second = results["models"]["first"], results["models"]["G_ema"]  # a label, a file name
     assert first["faces_found"] + first["no_face"] == 4 and first["faces_found_per_view"] == [0, 0]
     assert first["pose_deg"]["count"] == 0 and first["landmark_consistency"]["inner51"]["mean"] is None
     assert first["seconds_per_image"]["count"] == 2 and first["seconds_per_image"]["mean"] > 0
@@ -259,6 +259,8 @@ def test_eval_cli_on_random_generators_counts_missing_faces(tiny_eg3d, tmp_path,
     assert floor["landmark_consistency_true_inner51"]["mean"] < 1e-4
     report = (out / "report.md").read_text()
     assert "| pose error (deg) ↓ |" in report and "0/4 |" in report and "noise floor" in report
-    assert (out / "samples" / "0_G.png").is_file() and (out / "plots" / "pose_vs_yaw.png").is_file()
+    assert (out / "samples" / "0_first.png").is_file() and (out / "plots" / "pose_vs_yaw.png").is_file()
     capsys.readouterr()
     assert cli.main(args) == 2 and "already exists" in capsys.readouterr().err
+    same = ["eval", "--models", f"{paths[1]},G_ema={paths[0]}", "--out", str(tmp_path / "other")]
+    assert cli.main(same) == 2 and "same label" in capsys.readouterr().err

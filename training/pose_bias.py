@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from editkit import cameras
-from editkit.checkpoints import load_generator
+from editkit.checkpoints import load_generator, named_model
 from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
 from editkit.images import load_image
@@ -143,26 +143,16 @@ def markdown(result: dict, reference: dict | None) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{d:+.3f}" for d in row["drift"])
                      + f" | {row['slope']:+.4f} (latent std {row['slope_std_over_latents']:.4f}) |")
     if reference:
-        lines.append(f"| real set bias (biased - unbiased) | " + " | ".join("" for _ in YAWS)
+        lines.append("| real set bias (biased - unbiased) | " + " | ".join("" for _ in YAWS)
                      + f" | {reference['slope_bias']:+.4f} |")
     return "\n".join(lines)
-
-
-def parse_students(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise EditkitError(f"--student takes NAME=PATH_OR_REGISTRY_NAME, got {item!r}")
-        out[name] = path
-    return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.pose_bias", description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", required=True, help="the students' teacher (registry name or file)")
-    parser.add_argument("--student", action="append", required=True, metavar="NAME=PATH",
-                        help="a student to measure (repeat); NAME labels it in the table")
+    parser.add_argument("--student", action="append", required=True, metavar="[LABEL=]MODEL",
+                        help="a student to measure (repeat); LABEL names it in the table")
     parser.add_argument("--real", nargs=2, type=Path, metavar=("BIASED", "UNBIASED"),
                         help="dataset folders: the bias of the real set, for reference")
     parser.add_argument("--n", type=int, default=64, help="latents")
@@ -171,7 +161,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         models = {"teacher": load_generator(args.teacher).eval()}
-        models.update({name: load_generator(path).eval() for name, path in parse_students(args.student).items()})
+        models.update({label: load_generator(model).eval() for label, model in map(named_model, args.student)})
         images = render_sweep(models, args.n, args.seed)
         result = measure(images)
         reference = real_bias(*args.real) if args.real else None

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from editkit import cameras
-from editkit.checkpoints import load_generator
+from editkit.checkpoints import load_generator, named_model
 from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
 from editkit.io import atomic_write
@@ -102,18 +102,9 @@ def sample_sheet(truth: torch.Tensor, fits: list, heads: int, rows: int = 4) -> 
     return np.concatenate(lines, 0)
 
 
-def parse_models(items: list[str]) -> dict:
-    """NAME=PATH (or a registry name / path, named by itself) -> {name: path}."""
-    models = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        models[name if sep else Path(item).stem] = path if sep else item
-    return models
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.world_report", description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="+", metavar="[NAME=]MODEL",
+    parser.add_argument("models", nargs="+", metavar="[LABEL=]MODEL",
                         help="registry names or .safetensors paths of demo-world generators (teacher, students)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--heads", type=int, default=32, help="held-out heads for the fidelity numbers")
@@ -123,7 +114,7 @@ def main(argv=None) -> int:
     from editkit.perceptual import LPIPS
 
     try:
-        models = {name: load_generator(path).eval() for name, path in parse_models(args.models).items()}
+        models = {label: load_generator(model).eval() for label, model in map(named_model, args.models)}
         first = next(iter(models.values()))
         neural = next((G.neural_rendering_resolution for G in models.values()
                        if hasattr(G, "neural_rendering_resolution")), first.img_resolution)  # the depth maps' size
