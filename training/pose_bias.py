@@ -126,7 +126,7 @@ def plot(result: dict, reference: dict | None, path: Path) -> None:
     plt.close(fig)
 
 
-def sample_sheet(images: dict, latents: int = 3) -> np.ndarray:
+def sample_sheet(images: dict, latents: int = 2) -> np.ndarray:
     """For each of the first latents: one row per model (teacher first), one column per yaw."""
     rows = []
     for i in range(latents):
