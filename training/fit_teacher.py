@@ -44,6 +44,9 @@ CONFIGS = {
     # the shipped demo teacher
     "demo": dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
                  channel_max=32, samples=12),
+    # the next candidate: 128 channels up to 64 px, 64 at 128 px (+17% per step, docs/demo_teacher.md)
+    "wide": dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=8192,
+                 channel_max=128, samples=12),
     # a few seconds per step: for tests
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6),
@@ -273,6 +276,7 @@ def export(run_dir: Path, out: Path, force: bool = False) -> Path:
                           f"seed {settings['seed']}; evaluation heads from seed {EVAL_SEED}",
                   "metrics": evals[-1] if evals else {}}
     return save_model(out, {"G": G}, provenance=provenance, overwrite=force)
+
 
 def settings_for(run_dir: Path, overrides: dict) -> dict:
     """The run's settings: saved ones for an existing run (only `lr` may change), else defaults + overrides."""
