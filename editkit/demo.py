@@ -104,13 +104,6 @@ def find_teacher(name: str, path: Path) -> str | None:
     return teacher
 
 
-def shipped_directions(model: str, num_ws: int, w_dim: int) -> list[Direction]:
-    """Every shipped direction for `model` or a model sharing its w space (one per attribute, sha256-checked)."""
-    related = registry.related_models(model)
-    attributes = dict.fromkeys(e["attribute"] for e in registry.read_directions_registry() if e["model"] in related)
-    return [registry.find_shipped(attribute, model, num_ws, w_dim) for attribute in attributes]
-
-
 def load_models(name: str | None = None, teacher: str | None = None, announce=print) -> DemoModel:
     """The model to serve (default demo-student; demo-teacher with a notice while no student is registered), its
     teacher (`teacher`, else the one its registry entry or provenance names) and the shipped directions of their
@@ -129,7 +122,7 @@ def load_models(name: str | None = None, teacher: str | None = None, announce=pr
     G_T = checkpoints.load_generator(teacher) if teacher else None
     # directions are looked up by registry name: the model's own, else (for a weights file) its teacher's
     source = name if name in registered else teacher if teacher in registered else None
-    directions = shipped_directions(source, G.num_ws, G.w_dim) if source else []
+    directions = registry.shipped_directions(source, G.num_ws, G.w_dim) if source else []
     return DemoModel(name, G, model_record(name), directions, G_T, teacher, notice)
 
 

@@ -1,5 +1,6 @@
-"""The demo world's measurement tools: generators against ground truth (training.world_report) and the stage-2
-pose-attribute bias (training.pose_bias), on tiny networks and tiny datasets."""
+"""The demo world's measurement tools: generators against ground truth (training.world_report), the stage-2
+pose-attribute bias (training.pose_bias) and edit directions (training.edit_report), on tiny networks and tiny
+datasets."""
 
 import json
 
@@ -8,11 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from editkit.checkpoints import save_model
+from editkit.checkpoints import load_generator, save_model
+from editkit.editing import save_direction
+from editkit.editing.supervised import fit_direction, sample_latents
 from editkit.models.student import Student
-from training import pose_bias, world_report
+from training import edit_report, pose_bias, world_report
 from training.fit_teacher import CONFIGS, build_teacher
 from training.synthetic import dataset
+from training.synthetic.head_model import HeadParams
+from training.synthetic.latent import params_from_z
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +85,64 @@ def test_pose_bias_end_to_end_sees_the_bias_of_a_real_set(world_models, tmp_path
     assert "| s |" in capsys.readouterr().out
     assert pose_bias.main(["--teacher", str(teacher), "--student", "=nameless", "--out", str(out)]) == 2
     assert "LABEL=NAME_OR_PATH" in capsys.readouterr().err
+
+
+def test_ridge_probe_recovers_a_linear_relation_on_held_out_features():
+    rng = np.random.default_rng(0)
+    factors = rng.standard_normal((300, 4))
+    for mixing in (rng.standard_normal((4, 40)), rng.standard_normal((4, 600))):  # fewer and more features than rows
+        x = factors @ mixing + 0.05 * rng.standard_normal((300, mixing.shape[1]))
+        y = np.stack([3 * factors[:, 0] - factors[:, 2] + 5, rng.standard_normal(300), np.zeros(300)], 1)
+        probe = edit_report.Ridge.fit(x[:200], y[:200])
+        r2 = probe.r2(x[200:], y[200:])
+        assert r2[0] > 0.97 and r2[1] < 0.1 and np.isnan(r2[2])  # linear, unrelated noise, constant
+        predicted = probe.predict(x[200:])[:, 0] * probe.y_scale[0] + probe.y_mean[0]  # back to the target's units
+        assert np.abs(predicted - y[200:, 0]).mean() < 0.3
+
+
+def test_probe_measures_find_the_own_change_and_the_largest_other():
+    strengths = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    names = list(edit_report.TARGETS)
+    predicted = np.zeros((3, 5, len(names)))
+    predicted[..., names.index("smile")] += 0.8 * strengths  # the own attribute: 0.8 std per unit
+    predicted[..., names.index("smile_l")] += 0.9 * strengths  # a part of it: not an 'other' attribute
+    predicted[..., names.index("skin_tone")] -= 0.3 * strengths
+    predicted[..., names.index("id03")] += 0.1 * np.abs(strengths)
+    predicted[:, :, names.index("id05")] += np.array([0.0, 1.0, 2.0])[:, None]  # heads differ, edits keep it
+    r2 = dict.fromkeys(names, 0.9) | {"light_azimuth": 0.1}
+    predicted[..., names.index("light_azimuth")] += 5 * strengths  # its probe is too weak to count
+    direction = edit_report.Direction(np.ones((1, 8), np.float32), "smile", "test")
+    numbers = edit_report.probe_measures(direction, strengths, predicted, r2, min_r2=0.25)
+    assert numbers["own_slope"] == pytest.approx(0.8) and numbers["own_slope_std_over_latents"] == 0
+    assert numbers["largest_other"] == "skin_tone" and numbers["largest_other_slope"] == pytest.approx(-0.3)
+    assert numbers["identity_probes"] == 40 and numbers["identity_shift_at_max"] == pytest.approx(0.2)
+    assert numbers["identity_between_heads"] == pytest.approx(4 / 3, abs=1e-3)  # |0-1|, |0-2|, |1-2|
+
+
+def test_edit_report_end_to_end(world_models, tmp_path, capsys):
+    teacher, student = world_models
+    G = load_generator(teacher)
+    z, ws = sample_latents(G, 200, seed=5)
+    labels = params_from_z(z)[:, HeadParams.index("skin_tone")]
+    path = save_direction(tmp_path / "skin_tone.npy", fit_direction(ws, labels, "skin_tone"))
+    out = tmp_path / "edits"
+    args = ["--model", str(teacher), "--student", f"small={student}", "--direction", str(path), "--out", str(out),
+            "--train", "12", "--heldout", "4", "--latents", "2", "--strengths", "-1", "1"]
+    assert edit_report.main(args) == 0
+    report = json.loads((out / "edit_report.json").read_text())
+    assert list(report["models"]) == ["teacher", "small"]
+    for model in report["models"].values():
+        assert set(model["probe_r2"]) == set(edit_report.TARGETS)
+        per_yaw = model["directions"]["skin_tone"]
+        assert set(per_yaw) == {"+0", "-30", "+30"}
+        assert per_yaw["+0"]["images"] == 2 * 3 and isinstance(per_yaw["+0"]["own_slope"], float)
+    grid = Image.open(out / "edit_grid.png")
+    assert grid.size[1] == 28 + 128 and grid.size[0] == 80 + 2 * 3 * 128 + 8  # one direction; 3 strengths x 2 models
+    table = capsys.readouterr().out
+    assert "| teacher | skin_tone |" in table and "| small | skin_tone |" in table
+    assert edit_report.main(args) == 2  # outputs exist: --force needed
+    assert "--force" in capsys.readouterr().err
+    assert edit_report.main(["--model", str(teacher), "--attrs", "nosuch", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error: no shipped direction 'nosuch'")
+    assert edit_report.main(["--model", "nowhere.safetensors", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error: nowhere.safetensors")

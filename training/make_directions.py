@@ -30,10 +30,12 @@ def _mean_of(*names):
     return lambda p: p[:, [HeadParams.index(n) for n in names]].mean(1)
 
 
+# derived attribute -> the head parameters it averages
+PARTS = {"smile": ("smile_l", "smile_r"), "eyes_closed": ("blink_l", "blink_r")}
 # attribute -> (labels from head parameters (N, SIZE), one line for the registry)
 DERIVED = {
-    "smile": (_mean_of("smile_l", "smile_r"), "smile (mean of the left and right smile units)"),
-    "eyes_closed": (_mean_of("blink_l", "blink_r"), "eyes closed (mean of the blink units)"),
+    "smile": (_mean_of(*PARTS["smile"]), "smile (mean of the left and right smile units)"),
+    "eyes_closed": (_mean_of(*PARTS["eyes_closed"]), "eyes closed (mean of the blink units)"),
 }
 DEFAULT_ATTRIBUTES = ("smile", "jaw_open", "eyes_closed", "brow_raise", "id00", "id01", "id02", "id03", "id04",
                       "skin_tone", "hair_color")

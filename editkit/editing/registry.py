@@ -73,6 +73,13 @@ def find_shipped(attribute: str, model: str, num_ws: int | None = None, w_dim: i
                          "`editkit directions fit`")
 
 
+def shipped_directions(model: str, num_ws: int | None = None, w_dim: int | None = None) -> list[Direction]:
+    """Every shipped direction for `model` or a model sharing its w space (one per attribute, sha256-checked)."""
+    related = related_models(model)
+    attributes = dict.fromkeys(e["attribute"] for e in read_directions_registry() if e["model"] in related)
+    return [find_shipped(attribute, model, num_ws, w_dim) for attribute in attributes]
+
+
 def register_direction(direction: Direction, model: str, description: str = "", force: bool = False,
                        folder=None) -> Path:
     """Save `direction` as `<folder>/<model>/<attribute>.npy` and add (or, with force, replace) its registry entry."""
