@@ -72,8 +72,12 @@ class EvalConfig:
     def check(self) -> None:
         if not self.models:
             raise EditkitError("--models: give at least one model (registry name or path), comma-separated")
-        if len(set(self.models)) != len(self.models):
-            raise EditkitError(f"--models: a model is listed twice ({', '.join(self.models)})")
+        from editkit.checkpoints import named_model
+
+        labels = [named_model(spec)[0] for spec in self.models]
+        if len(set(labels)) != len(labels):  # also a model listed twice
+            raise EditkitError(f"--models: two models have the same label ({', '.join(self.models)}); "
+                               "name them with LABEL=PATH")
         if self.n < 1 or self.views < 1 or self.noise_floor_n < 1:
             raise EditkitError("--n, --views and --noise-floor-n must be at least 1")
         if self.landmarks and self.views < 2:
@@ -214,10 +218,7 @@ def load_models(config: EvalConfig) -> list[ModelRun]:
     """Every model of the config, checked to share the first one's latent space."""
     from editkit.checkpoints import load_generator, named_model
 
-    named = [named_model(spec) for spec in config.models]
-    if len({label for label, _ in named}) != len(named):
-        raise EditkitError(f"--models: two models have the same label ({', '.join(config.models)}); "
-                           "name them with LABEL=PATH")
+    named = map(named_model, config.models)  # labels checked unique by config.check
     runs = [ModelRun(label, load_generator(model, device=config.device), config.device) for label, model in named]
     first = runs[0].G
     for run in runs[1:]:
