@@ -14,7 +14,10 @@ import torch
 from editkit.cameras import frontal_label
 from editkit.checkpoints import load_generator
 from training import fit_teacher
-from training.fit_teacher import CONFIGS, DEFAULTS, GroundTruth, build_teacher, evaluate, evaluation_set, run
+from editkit.checkpoints import save_model
+from editkit.errors import EditkitError
+from training.fit_teacher import (CONFIGS, DEFAULTS, GroundTruth, build_teacher, evaluate, evaluation_set,
+                                  init_weights, run, settings_for)
 from training.state import state_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,9 +52,45 @@ def test_export_loads_by_path_and_renders(tmp_path):
     G = load_generator(out)
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["provenance"]["steps"] == 1 and "psnr" in config["provenance"]["metrics"]
+    assert G.plane_offset is not None and G.plane_offset.abs().max() > 0  # learned, saved and loaded
     ws = G.mapping(torch.randn(1, G.z_dim), torch.zeros(1, 25))
     image = G.synthesis(ws, frontal_label().float())["image"]
     assert image.shape == (1, 3, 128, 128) and torch.isfinite(image).all()
+
+
+def test_a_teacher_without_plane_offset_starts_a_run_with_one_and_renders_the_same(tmp_path):
+    torch.manual_seed(0)
+    plain = build_teacher({**CONFIGS["tiny"], "plane_offset": False}).eval()
+    path = save_model(tmp_path / "plain.safetensors", {"G": plain})
+    G = build_teacher(CONFIGS["tiny"]).eval()
+    init_weights(G, load_generator(path))
+    assert G.plane_offset.abs().max() == 0
+    ws = G.mapping(torch.randn(2, G.z_dim), torch.zeros(2, 25))
+    label = frontal_label().float().repeat(2, 1)
+    renders = []
+    for model in (G, plain):
+        torch.manual_seed(1)  # the renderer jitters its samples along each ray
+        renders.append(model.synthesis(ws, label, noise_mode="const"))
+    for key in ("image", "image_depth"):
+        torch.testing.assert_close(renders[0][key], renders[1][key])
+    with torch.no_grad():
+        G.plane_offset.normal_()
+    torch.testing.assert_close(G.planes(ws, noise_mode="const") - plain.planes(ws, noise_mode="const"),
+                               G.plane_offset.expand(2, -1, -1, -1, -1))
+    wide = build_teacher({**CONFIGS["tiny"], "channel_max": 32})
+    try:
+        init_weights(wide, load_generator(path))
+        raise AssertionError("a teacher of another width was accepted")
+    except EditkitError as e:
+        assert "does not match this config" in str(e)
+
+
+def test_a_run_started_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    old = {k: v for k, v in DEFAULTS.items() if k not in ("config", "offset_lr")}
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    settings = settings_for(tmp_path, {"offset_lr": None, "lr": 5e-4})
+    assert settings["config"] == "demo" and settings["offset_lr"] == DEFAULTS["offset_lr"]
+    assert settings["lr"] == 5e-4
 
 
 FIT = """

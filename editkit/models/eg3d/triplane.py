@@ -43,14 +43,18 @@ class OSGDecoder(torch.nn.Module):
 class TriPlaneGenerator(torch.nn.Module):
     """z and camera label c (25 floats) -> {'image', 'image_raw', 'image_depth'}.
 
-    `triplane_resolution` is editkit's one addition to the official arguments (official models: 256, the default);
-    the demo teacher uses 128 px planes, which fit twice as fast on a CPU.
+    editkit adds two arguments to the official ones, both off for official models:
+    `triplane_resolution` (official 256, the default; the demo teacher uses 128 px planes, which fit twice as fast
+    on a CPU) and `plane_offset`: a learned tri-plane tensor added to every head's planes. It carries what all
+    heads share (where eyes, nose and mouth are), which a CPU fit learns in minutes while the StyleGAN2 backbone,
+    building every position's detail up from a 4x4 constant, needs days (docs/demo_teacher.md).
     `neural_rendering_resolution` (a plain attribute, default 64; FFHQ models use 128) sets the size of the
     volume-rendered image; passing `neural_rendering_resolution` to `synthesis` changes it, as upstream.
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs=None,
-                 rendering_kwargs=None, sr_kwargs=None, triplane_resolution=256, **synthesis_kwargs):
+                 rendering_kwargs=None, sr_kwargs=None, triplane_resolution=256, plane_offset=False,
+                 **synthesis_kwargs):
         super().__init__()
         rendering_kwargs = {} if rendering_kwargs is None else rendering_kwargs
         for key in ("superresolution_module", "sr_antialias"):
@@ -74,6 +78,10 @@ class TriPlaneGenerator(torch.nn.Module):
             sr_antialias=rendering_kwargs["sr_antialias"], **(sr_kwargs or {}))
         self.decoder = OSGDecoder(PLANE_CHANNELS, {"decoder_lr_mul": rendering_kwargs.get("decoder_lr_mul", 1),
                                                    "decoder_output_dim": PLANE_CHANNELS})
+        self.plane_offset = None
+        if plane_offset:
+            self.plane_offset = torch.nn.Parameter(
+                torch.zeros(1, 3, PLANE_CHANNELS, triplane_resolution, triplane_resolution))
         self.neural_rendering_resolution = 64
         self.rendering_kwargs = rendering_kwargs
         self._last_planes = None
@@ -96,7 +104,8 @@ class TriPlaneGenerator(torch.nn.Module):
     def planes(self, ws, update_emas=False, **synthesis_kwargs):
         """The tri-planes (N, 3, 32, R, R) for ws (R = triplane_resolution, 256 in official models)."""
         planes = self.backbone.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
-        return planes.view(len(planes), 3, PLANE_CHANNELS, planes.shape[-2], planes.shape[-1])
+        planes = planes.view(len(planes), 3, PLANE_CHANNELS, planes.shape[-2], planes.shape[-1])
+        return planes if self.plane_offset is None else planes + self.plane_offset
 
     def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
                   use_cached_backbone=False, **synthesis_kwargs):
