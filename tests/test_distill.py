@@ -4,6 +4,7 @@ repeats an uninterrupted run exactly, the PC-GAN mode runs, bad inputs are clear
 Runs that must be compared bit for bit, or need their own processes, run as subprocesses with one thread each.
 """
 
+import copy
 import json
 import os
 import signal
@@ -211,8 +212,34 @@ def test_cli_reports_user_errors_in_one_line(teacher_file, tmp_path, capsys):
     cases = [(["--mode", "pcgan"], "give --real FOLDER"),
              (["--stage", "1", "--real", str(tmp_path)], "stage 1 learns from the teacher only"),
              (["--stage", "2", "--real", str(tmp_path / "nothing")], "no such folder"),
-             (["--stage", "2", "--real-ratio", "0", "--batch", "6"], "minibatch-std group size 4")]
+             (["--stage", "2", "--real-ratio", "0", "--batch", "6"], "minibatch-std group size 4"),
+             (["--student", str(teacher_file), "--warm-start", str(teacher_file)], "not both")]
     for options, message in cases:
         assert main(base + options) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_warm_start_takes_an_earlier_teachers_student_into_the_new_w_space(teacher_file, tiny_eg3d, tmp_path,
+                                                                           capsys):
+    refitted = copy.deepcopy(tiny_eg3d["G_ema"])  # the teacher after further fitting: its mapping moved
+    with torch.no_grad():
+        refitted.backbone.mapping.fc0.weight.add_(0.1)
+    new_teacher = checkpoints.save_model(tmp_path / "refitted.safetensors", {"G_ema": refitted, "D": tiny_eg3d["D"]})
+    quick = ["--stage", "1", "--batch", "1", "--steps", "1", "--lpips-weight", "0", "--sample-every", "0"]
+    assert main(["--teacher", str(teacher_file), "--out", str(tmp_path / "old"), *quick]) == 0
+    old_student = tmp_path / "old" / "student.safetensors"
+    assert main(["--teacher", str(new_teacher), "--out", str(tmp_path / "bad"), "--student", str(old_student),
+                 *quick]) == 2
+    assert "--warm-start starts from a student of an earlier" in capsys.readouterr().err
+    assert main(["--teacher", str(new_teacher), "--out", str(tmp_path / "new"), "--warm-start", str(old_student),
+                 *quick]) == 0
+    new, old = (checkpoints.load_generator(p) for p in (tmp_path / "new" / "student.safetensors", old_student))
+    fresh = Student.from_teacher(refitted)  # the default width, as the runs above
+    for key, value in refitted.backbone.mapping.state_dict().items():
+        assert torch.equal(new.mapping_network.state_dict()[key], value), key
+    synthesis = {k: v for k, v in new.state_dict().items() if not k.startswith("mapping_network")}
+
+    def distance(model):
+        return sum(float((model.state_dict()[k] - v).abs().sum()) for k, v in synthesis.items())
+    assert distance(old) < 0.1 * distance(fresh)  # one step away from the old student, far from a new one

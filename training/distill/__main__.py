@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--stage", type=int, choices=[1, 2], default=None,
                       help="distill: 1 = reconstruction (when not given), 2 = + adversarial")
     what.add_argument("--student", type=Path, help="start from this exported student (e.g. stage 1's)")
+    what.add_argument("--warm-start", type=Path,
+                      help="start from a student of an earlier version of this teacher (e.g. before it was "
+                           "fitted further): its synthesis weights, this teacher's mapping network")
     what.add_argument("--init", choices=["teacher", "fresh"], default=None,
                       help="weights of a new student and D: copied from the teacher where they fit, or random "
                            "(when not given: teacher for distill, fresh for pcgan)")

@@ -63,12 +63,16 @@ def check_options(args) -> None:
     if args.mode == "pcgan":
         if args.stage is not None:
             raise DistillError("--mode pcgan trains adversarially from the start; it has no --stage")
-        if args.student is not None:
-            raise DistillError("--student initialises a distilled student; --mode pcgan starts from --init")
+        if args.student is not None or args.warm_start is not None:
+            raise DistillError("--student and --warm-start start from a distilled student; --mode pcgan starts "
+                               "from --init")
         if args.real is None:
             raise DistillError("--mode pcgan trains on real images: give --real FOLDER (EG3D dataset layout)")
     else:
         args.stage = args.stage or 1
+        if args.student is not None and args.warm_start is not None:
+            raise DistillError("give --student (a student of this teacher) or --warm-start (of an earlier one), "
+                               "not both")
         if args.init == "fresh":
             raise DistillError("distillation needs the teacher's mapping network (a shared w space); "
                                "--init fresh is for --mode pcgan")
@@ -144,9 +148,13 @@ class Trainer:
 
     def build_student(self, teacher) -> Student:
         args = self.args
-        if args.student is not None:
-            student = checkpoints.load_generator(args.student, self.device)
-            self.check_student(student, teacher)
+        source = args.student or args.warm_start
+        if source is not None:
+            student = checkpoints.load_generator(source, self.device)
+            self.check_student(student, teacher, source)
+            if args.warm_start is not None:  # an earlier teacher's student: its synthesis, this teacher's mapping
+                student.mapping_network.load_state_dict(teacher.backbone.mapping.state_dict())
+            self.check_same_mapping(student, teacher, source)
         else:
             kwargs = {} if args.channel_max is None else {"channel_max": args.channel_max}
             student = Student.from_teacher(teacher, width=args.width, copy_weights=args.init == "teacher", **kwargs)
@@ -154,19 +162,23 @@ class Trainer:
             student.mapping_network.requires_grad_(False)
         return student
 
-    def check_student(self, student, teacher) -> None:
-        """A student given with --student must be a Student in the teacher's w space."""
-        source = self.args.student
+    @staticmethod
+    def check_student(student, teacher, source) -> None:
+        """A student given with --student or --warm-start must be a Student of the teacher's shapes."""
         if not isinstance(student, Student):
             raise DistillError(f"{source}: holds a {type(student).__name__}, not an editkit Student")
         for name in ("z_dim", "w_dim", "num_ws", "img_resolution"):
             if getattr(student, name) != getattr(teacher, name):
                 raise DistillError(f"{source}: {name} {getattr(student, name)} does not fit the teacher's "
                                    f"{getattr(teacher, name)}")
+
+    def check_same_mapping(self, student, teacher, source) -> None:
+        """The student must be in the teacher's w space (its mapping network is the teacher's)."""
         theirs = teacher.backbone.mapping.state_dict()
         if any(not torch.equal(v, theirs[k]) for k, v in student.mapping_network.state_dict().items()):
             raise DistillError(f"{source}: its mapping network differs from the teacher's, so it was not distilled "
-                               f"from {self.args.teacher}")
+                               f"from {self.args.teacher} (--warm-start starts from a student of an earlier "
+                               "version of this teacher)")
 
     def build_discriminator(self, teacher, log) -> DualDiscriminator:
         """The teacher checkpoint's D (distillation, or --init teacher) when it has one, else a fresh one."""
