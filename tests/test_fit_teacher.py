@@ -14,7 +14,7 @@ import torch
 from editkit.cameras import frontal_label
 from editkit.checkpoints import load_generator
 from training import fit_teacher
-from editkit.checkpoints import save_model
+from editkit.checkpoints import read_config, save_model, sha256_file
 from editkit.errors import EditkitError
 from training.fit_teacher import (CONFIGS, DEFAULTS, GroundTruth, build_teacher, evaluate, evaluation_set,
                                   init_weights, run, settings_for)
@@ -53,6 +53,10 @@ def test_export_loads_by_path_and_renders(tmp_path):
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["provenance"]["steps"] == 1 and "psnr" in config["provenance"]["metrics"]
     assert G.plane_offset is not None and G.plane_offset.abs().max() > 0  # learned, saved and loaded
+    assert "init_from" not in config["provenance"]
+    run(tmp_path / "continued", TINY, max_steps=1, eval_heads=1, init_from=out)
+    again = fit_teacher.export(tmp_path / "continued", tmp_path / "continued.safetensors")
+    assert read_config(again)["provenance"]["init_from"] == {"path": str(out), "sha256": sha256_file(out)}
     ws = G.mapping(torch.randn(1, G.z_dim), torch.zeros(1, 25))
     image = G.synthesis(ws, frontal_label().float())["image"]
     assert image.shape == (1, 3, 128, 128) and torch.isfinite(image).all()

@@ -4,8 +4,8 @@ The fit is supervised. Each step draws latents z and cameras, renders the heads 
 (`training.synthetic.latent.params_from_z`) with the demo world's renderer, and pulls the generator's image, raw
 (volume-rendered) image, depth and opacity towards those renders (L1 + LPIPS on the image, L1 on the raw image,
 masked L1 on depth, L1 between each ray's opacity and the head's pixel coverage, EG3D's density smoothness term).
-The network is an unmodified EG3D TriPlaneGenerator (official class and
-arguments, plus 128 px tri-planes), so everything that works on official weights works on it.
+The network is EG3D's TriPlaneGenerator (official class and arguments, plus 128 px tri-planes and a learned plane
+offset, both editkit options off for official weights), so everything that works on official weights works on it.
 
 Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOTES.md section 5):
 - mapping lr multiplier 1 instead of EG3D's 0.01: with 0.01 the per-head variation is barely learned;
@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from editkit import cameras
-from editkit.checkpoints import load_generator, save_model
+from editkit.checkpoints import load_generator, resolve_checkpoint, save_model, sha256_file
 from editkit.errors import EditkitError, one_line
 from editkit.io import atomic_write
 from editkit.models.eg3d import TriPlaneGenerator
 from editkit.models.eg3d.configs import rendering_kwargs
-from training.state import load_latest_state, save_state
+from training.state import load_latest_state, save_state, state_files
 from training.synthetic.latent import LATENT_SIZE, params_from_z
 
 CONFIGS = {
@@ -56,8 +56,10 @@ CONFIGS = {
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6, plane_offset=True),
 }
-DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, seed=0, lpips="vgg", lpips_weight=0.3, lpips_after=600,
-                raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0, density_reg=0.25, ema_beta=0.998, yaw_range=50.0, pitch_std=8.0)
+DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, seed=0, lpips="vgg", lpips_weight=0.3,
+                lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0, density_reg=0.25,
+                ema_beta=0.998, yaw_range=50.0, pitch_std=8.0)
+INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
 ADJUSTABLE = ("lr", "offset_lr")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
 
@@ -217,8 +219,11 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     config = CONFIGS[settings["config"]]
     torch.manual_seed(settings["seed"])  # initial weights; then the backbone's noise inputs
     G = build_teacher(config).train()
-    if init_from is not None:
+    if init_from is not None and not state_files(run_dir):  # a resumed run has its weights already
         init_weights(G, load_generator(init_from))
+        source = resolve_checkpoint(init_from)
+        record = json.dumps({"path": str(init_from), "sha256": sha256_file(source)}, indent=2) + "\n"
+        atomic_write(run_dir / INIT_RECORD, lambda tmp: tmp.write_text(record))
     G.to(device)
     G_ema = copy.deepcopy(G).eval()
     opt = torch.optim.Adam(param_groups(G, settings), betas=(0.9, 0.99))
@@ -301,6 +306,8 @@ def export(run_dir: Path, out: Path, force: bool = False) -> Path:
                   "data": "demo world (training/synthetic), rendered on the fly; latents z ~ N(0, I), "
                           f"seed {settings['seed']}; evaluation heads from seed {EVAL_SEED}",
                   "metrics": evals[-1] if evals else {}}
+    if (run_dir / INIT_RECORD).is_file():
+        provenance["init_from"] = json.loads((run_dir / INIT_RECORD).read_text())
     return save_model(out, {"G": G}, provenance=provenance, overwrite=force)
 
 
