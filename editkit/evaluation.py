@@ -154,7 +154,8 @@ class ModelRun:
         self.name, self.G, self.device = name, generator, device
         self.rows = {key: [] for key in (
             "face", "seconds_per_image", "pose_deg", "consistency_all68", "consistency_inner51",
-            "consistency_all68_per_view", "consistency_inner51_per_view", "id_to_reference", "id_pairwise")}
+            "consistency_all68_per_view", "consistency_inner51_per_view", "id_to_reference", "id_pairwise",
+            "reference_embedding")}
         self.agreement = {}
         self.samples = []
 
@@ -170,7 +171,7 @@ class ModelRun:
             torch.cuda.synchronize()
         return images.float().cpu(), (time.perf_counter() - start) / len(labels)
 
-    def add(self, measured: dict, seconds: float) -> None:
+    def add(self, measured: dict, seconds: float, reference: int) -> None:
         rows = self.rows
         rows["face"].append(measured["face"])
         rows["seconds_per_image"].append(seconds)
@@ -185,6 +186,7 @@ class ModelRun:
         if "identity" in measured:
             rows["id_to_reference"].append(measured["identity"]["to_reference"])
             rows["id_pairwise"].append(measured["identity"]["pairwise"])
+            rows["reference_embedding"].append(measured["embeddings"][reference])
 
     def add_agreement(self, name: str, values: list) -> None:
         self.agreement.setdefault(name, []).append(values)
@@ -208,7 +210,8 @@ class ModelRun:
                 "per_view_inner51": per_view(rows["consistency_inner51_per_view"], views)}
         if rows["id_pairwise"]:
             out["identity"] = {"pairwise": stats(rows["id_pairwise"]),
-                               "per_view_to_reference": per_view(rows["id_to_reference"], views)}
+                               "per_view_to_reference": per_view(rows["id_to_reference"], views),
+                               "different_latents": stats(identity.between_people(rows["reference_embedding"]))}
         if self.agreement:
             out["agreement_with_first"] = {key: view_stats(rows_, views) for key, rows_ in self.agreement.items()}
         return out
@@ -283,7 +286,7 @@ def evaluate(config: EvalConfig, scratch: Path) -> tuple[dict, dict]:
             images, seconds = model.render(ws[i:i + 1], labels, seed=config.seed * 100003 + i)
             pixels = to_uint8(images)
             measured = measures.measure(pixels, labels.numpy(), reference)
-            model.add(measured, seconds)
+            model.add(measured, seconds, reference)
             if i < config.samples:
                 model.samples.append(pixels)
             if config.fid_real:
@@ -400,8 +403,6 @@ def noise_floor(measures: Measures, resolution: int, yaws: np.ndarray, config: E
         out["landmark_consistency_true_all68"] = stats(rows["consistency_true_all"])
         out["landmark_consistency_true_inner51"] = stats(rows["consistency_true_inner"])
     if config.identity:
-        e = [x for x in rows["reference_embeddings"] if x is not None]
         out["identity_same_head_pairwise"] = stats(rows["id_same_head"])
-        out["identity_different_heads"] = stats([identity.cosine(e[a], e[b]) for a in range(len(e))
-                                                 for b in range(a + 1, len(e))])
+        out["identity_different_heads"] = stats(identity.between_people(rows["reference_embeddings"]))
     return out

@@ -63,14 +63,17 @@ def test_identical_views_score_perfectly(renderer, detector, dlib_resnet):
 
 def test_different_identity_lowers_id(renderer, detector, dlib_resnet):
     heads = sample_params(np.random.default_rng(11), 4, expression=False)
-    same, different = [], []
+    same, different, frontal = [], [], []
     for i, p in enumerate(heads):
         views = [shoot(renderer, p, yaw) for yaw in (0.0, 17.5)]
         e = [dlib_resnet.embed(img, detector(img)) for img, _, _ in views]
         same.append(identity.cosine(*e))
+        frontal.append(e[0])
         other, _, _ = shoot(renderer, heads[(i + 1) % len(heads)], 0.0)
         different.append(identity.cosine(e[0], dlib_resnet.embed(other, detector(other))))
     assert min(same) > max(different), (same, different)
+    people = identity.between_people(frontal[:2] + [None] + frontal[2:])  # a view without a face is skipped
+    assert len(people) == 6 and max(people) < min(same)
     missing = identity.view_identity([None, np.ones(3), None], reference=0)
     assert missing == {"to_reference": [None, None, None], "pairwise": None}
 
@@ -251,6 +254,7 @@ def test_eval_cli_on_random_generators_counts_missing_faces(tiny_eg3d, tmp_path,
     first, second = results["models"]["first"], results["models"]["G_ema"]  # a label, a file name
     assert first["faces_found"] + first["no_face"] == 4 and first["faces_found_per_view"] == [0, 0]
     assert first["pose_deg"]["count"] == 0 and first["landmark_consistency"]["inner51"]["mean"] is None
+    assert first["identity"]["different_latents"]["count"] == 0  # no faces, no pairs
     assert first["seconds_per_image"]["count"] == 2 and first["seconds_per_image"]["mean"] > 0
     assert "agreement_with_first" not in first and second["agreement_with_first"]["psnr"]["count"] == 4
     assert results["networks"]["identity"].startswith("dlib-resnet (not ArcFace)")

@@ -74,23 +74,28 @@ def markdown(results: dict, plots: list, grids: dict) -> str:
     lines += ["Networks behind the numbers:", ""] + [f"- {k}: {v}" for k, v in nets.items()] + [""]
     floor = results.get("noise_floor")
     lines += ["## Summary (mean ± std over latents; the seed paper's table)", "",
-              "| model | pose error (deg) ↓ | landmark consistency, inner 51 ↓ | all 68 ↓ | ID, pairwise cosine ↑ | "
-              "s/img ↓ | faces found |", "|---|---|---|---|---|---|---|"]
+              "| model | pose error (deg) ↓ | landmark consistency, inner 51 ↓ | all 68 ↓ | ID, pairwise cosine ↑ "
+              "| ID, different latents | s/img ↓ | faces found |", "|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         lc = m.get("landmark_consistency", {})
         lines.append(f"| {name} | {fmt(m.get('pose_deg'), 2)} | {fmt(lc.get('inner51'))} | {fmt(lc.get('all68'))} "
-                     f"| {fmt(lookup(m, ('identity', 'pairwise')))} | {fmt(m['seconds_per_image'], 4, False)} | "
-                     f"{m['faces_found']}/{m['images']} |")
+                     f"| {fmt(lookup(m, ('identity', 'pairwise')))} | "
+                     f"{fmt(lookup(m, ('identity', 'different_latents')))} | "
+                     f"{fmt(m['seconds_per_image'], 4, False)} | {m['faces_found']}/{m['images']} |")
     if floor:
         lines.append(f"| *noise floor: demo-world ground truth* | {fmt(floor.get('pose_deg_detected_landmarks'), 2)} "
                      f"| {fmt(floor.get('landmark_consistency_detected_inner51'))} | "
                      f"{fmt(floor.get('landmark_consistency_detected_all68'))} | "
-                     f"{fmt(floor.get('identity_same_head_pairwise'))} | | "
+                     f"{fmt(floor.get('identity_same_head_pairwise'))} | "
+                     f"{fmt(floor.get('identity_different_heads'))} | | "
                      f"{floor['faces_found']}/{floor['images']} |")
     lines += ["", "Pose error: angle between the estimated and the given camera rotation. Landmark consistency: "
               "landmarks triangulated over the views with the given cameras and reprojected; mean error over the "
               "views divided by the inter-ocular distance (0 = perfectly consistent). Images without a detected face "
               "are left out and counted in the last column; a latent needs faces in two views for consistency. "
+              "ID: cosine between the views of one latent, and between the reference views of different latents "
+              "(different heads for the noise floor): identity across views means something only where the first "
+              "is well above the second. "
               "Speed: synthesis only, a latent's views in one batch (median).", ""]
     if floor:
         lines += noise_floor_section(floor)
