@@ -56,7 +56,7 @@ class Settings:
     refine_camera: bool = True
     camera_lr: float = 0.5         # degrees per Adam step
     camera_start: float = 0.25     # fraction of steps before the camera may move
-    camera_weight: float = 1e-3    # penalty on the squared correction in degrees
+    camera_weight: float = 1e-5    # penalty on the squared correction in degrees (docs/inversion.md: sweep)
     pti: bool = False
     pti_steps: int = 100
     pti_lr: float = 3e-4
