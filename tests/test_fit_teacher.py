@@ -90,7 +90,7 @@ def test_a_teacher_without_plane_offset_starts_a_run_with_one_and_renders_the_sa
 
 
 def test_a_run_started_before_a_setting_existed_resumes_with_its_default(tmp_path):
-    old = {k: v for k, v in DEFAULTS.items() if k not in ("config", "offset_lr")}
+    old = {**{k: v for k, v in DEFAULTS.items() if k != "offset_lr"}, "config": "demo"}
     (tmp_path / "settings.json").write_text(json.dumps(old))
     settings = settings_for(tmp_path, {"offset_lr": None, "lr": 5e-4})
     assert settings["config"] == "demo" and settings["offset_lr"] == DEFAULTS["offset_lr"]

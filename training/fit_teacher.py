@@ -42,16 +42,15 @@ from editkit.models.eg3d.configs import rendering_kwargs
 from training.state import load_latest_state, save_state, state_files
 from training.synthetic.latent import LATENT_SIZE, params_from_z
 
+DEMO = dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
+            channel_max=32, samples=12, plane_offset=False)
 CONFIGS = {
     # the first demo teacher (no plane offset: no facial features after 1844 steps)
-    "demo": dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
-                 channel_max=32, samples=12, plane_offset=False),
-    # the same network with a learned plane offset (docs/demo_teacher.md)
-    "offset": dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
-                   channel_max=32, samples=12, plane_offset=True),
-    # the next candidate: 128 channels up to 64 px, 64 at 128 px (+17% per step, docs/demo_teacher.md)
-    "wide": dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=8192,
-                 channel_max=128, samples=12, plane_offset=False),
+    "demo": DEMO,
+    # the shipped teacher: the same network with a learned plane offset (docs/demo_teacher.md)
+    "offset": {**DEMO, "plane_offset": True},
+    # a wider backbone: 128 channels up to 64 px, 64 at 128 px (+17% per step, docs/demo_teacher.md)
+    "wide": {**DEMO, "channel_base": 8192, "channel_max": 128},
     # a few seconds per step: for tests
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6, plane_offset=True),
@@ -316,7 +315,7 @@ def settings_for(run_dir: Path, overrides: dict) -> dict:
     started take their defaults), else defaults + overrides."""
     path = run_dir / "settings.json"
     if path.exists():
-        settings = {**DEFAULTS, "config": "demo", **json.loads(path.read_text())}
+        settings = {**DEFAULTS, **json.loads(path.read_text())}
         changed = {k: v for k, v in overrides.items()
                    if k not in ADJUSTABLE and v is not None and v != settings.get(k)}
         if changed:
