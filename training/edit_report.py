@@ -45,6 +45,7 @@ from editkit.editing.render import render_images
 from editkit.editing.supervised import sample_latents
 from editkit.errors import EditkitError, one_line
 from editkit.io import atomic_write, check_outputs, output_group
+from editkit.metrics import identity
 from training.make_directions import DERIVED, PARTS, world_labels
 from training.synthetic.head_model import PARAM_NAMES
 from training.synthetic.latent import LATENT_SIZE, params_from_z
@@ -171,8 +172,7 @@ def mean_or_none(values, digits: int = 3):
 
 def between_heads(vectors: list) -> float | None:
     """Mean distance between the vectors of different latents (None entries skipped)."""
-    found = [v for v in vectors if v is not None]
-    pairs = [np.linalg.norm(a - b) for i, a in enumerate(found) for b in found[i + 1:]]
+    pairs = identity.between_people(vectors, measure=lambda a, b: np.linalg.norm(a - b))
     return float(np.mean(pairs)) if pairs else None
 
 
@@ -180,9 +180,7 @@ class Faces:
     """dlib's view of an image: 68 landmarks, descriptor and estimated yaw/pitch, or None where no face is found."""
 
     def __init__(self):
-        from editkit.metrics.identity import load_embedder
-
-        self.embedder = load_embedder("dlib")
+        self.embedder = identity.load_embedder("dlib")
 
     def __call__(self, image: np.ndarray) -> dict | None:
         from editkit.faces import estimate_camera

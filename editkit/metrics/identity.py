@@ -263,10 +263,10 @@ def view_identity(embeddings: list, reference: int) -> dict:
     return {"to_reference": to_reference, "pairwise": float(np.mean(pairs)) if pairs else None}
 
 
-def between_people(embeddings: list) -> list:
-    """Cosines of every pair of different people's embeddings (None entries, no face, are skipped): the embedder's
-    range between people, against which identity across views is read."""
-    return [cosine(a, b) for a, b in combinations([e for e in embeddings if e is not None], 2)]
+def between_people(embeddings: list, measure=cosine) -> list:
+    """`measure` (default cosine) of every pair of different people's embeddings (None entries, no face, are
+    skipped): the embedder's range between people, against which identity across views is read."""
+    return [measure(a, b) for a, b in combinations([e for e in embeddings if e is not None], 2)]
 
 
 def photo_identity(embedder: Embedder, detector, photo: np.ndarray, inversion: np.ndarray) -> dict:
