@@ -7,8 +7,9 @@ over -35..35 degrees and pitch ~ N(0, 7) clipped to +-15, at each resolution, an
 
 * detector hit rates: MTCNN alone, dlib HOG alone (upsampled once below 512 px), and the default chain;
 * camera error (geodesic angle between the estimated and the true camera rotation, degrees; and yaw/pitch errors)
-  of PnP on the true landmarks without alignment (the mean-head template's own limit), and of the whole front
-  end: detection, dlib landmarks, alignment, PnP;
+  on the true landmarks without alignment (the landmark model's own limit), and of the whole front end:
+  detection, dlib landmarks, alignment, camera; each for `estimate_camera` (pose and head shape fitted together)
+  and for PnP against the mean head alone (its starting point);
 * wall time of `prepare_face` per image.
 
 `--photos` adds real photos: faces found by each detector and the estimated yaw/pitch (no truth to compare);
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from editkit import cameras  # noqa: E402
 from editkit.errors import FaceError  # noqa: E402
 from editkit.faces import estimate_camera, prepare_face  # noqa: E402
+from editkit.faces.camera import solve_pose, yaw_pitch_from_forward  # noqa: E402
 from editkit.faces.detect import detect_hog, detect_mtcnn  # noqa: E402
 from editkit.images import load_image  # noqa: E402
 from training.synthetic.head_model import sample_params  # noqa: E402
@@ -36,6 +38,12 @@ from training.synthetic.render import HeadRenderer  # noqa: E402
 
 def angle(a, b) -> float:
     return float(cameras.rotation_angle_deg(a[None], b[None]))
+
+
+def mean_head_camera(landmarks, resolution: int):
+    """The label of PnP against the mean head only (estimate_camera's start)."""
+    rotation, _ = solve_pose(landmarks, resolution)
+    return cameras.make_label(*yaw_pitch_from_forward(rotation[2]))[0]
 
 
 def stats(values) -> str:
@@ -50,14 +58,15 @@ def synthetic(n: int, resolution: int, seed: int):
     pitches = np.clip(rng.normal(0, 7, n), -15, 15)
     renderer = HeadRenderer(resolution)
     hits = {"mtcnn": 0, "hog": 0, "chain": 0}
-    template, full, yaw_err, pitch_err, seconds = [], [], [], [], []
+    true_fit, true_mean, full, full_mean, yaw_err, pitch_err, seconds = [], [], [], [], [], [], []
     for p, yaw, pitch in zip(params, yaws, pitches):
         label = cameras.make_label(yaw, pitch)[0]
         out = renderer.render(p, label.numpy())
         image = np.round(out["image"] * 255).astype(np.uint8)
         hits["mtcnn"] += bool(detect_mtcnn(image))
         hits["hog"] += bool(detect_hog(image))
-        template.append(angle(estimate_camera(out["landmarks2d"], resolution), label))
+        true_fit.append(angle(estimate_camera(out["landmarks2d"], resolution), label))
+        true_mean.append(angle(mean_head_camera(out["landmarks2d"], resolution), label))
         start = time.perf_counter()
         try:
             face = prepare_face(image, resolution)
@@ -66,13 +75,16 @@ def synthetic(n: int, resolution: int, seed: int):
         seconds.append(time.perf_counter() - start)
         hits["chain"] += 1
         full.append(angle(face.label, label))
+        full_mean.append(angle(mean_head_camera(face.landmarks, resolution), label))
         yaw_err.append(abs(face.yaw_pitch[0] - yaw))
         pitch_err.append(abs(face.yaw_pitch[1] - pitch))
     renderer.release()
     print(f"\n{resolution} px, {n} renders, yaw -35..35, pitch ~ N(0, 7) clipped to 15, seed {seed}")
     print("  faces found: " + ", ".join(f"{k} {v}/{n}" for k, v in hits.items()))
-    print(f"  PnP on true landmarks, no alignment (template limit): {stats(template)}")
-    print(f"  full front end (detect, dlib, align, PnP):            {stats(full)}")
+    print(f"  true landmarks, no alignment: pose + shape fit {stats(true_fit)}")
+    print(f"                                mean-head PnP    {stats(true_mean)}")
+    print(f"  full front end (detect, dlib, align, camera): fit  {stats(full)}")
+    print(f"                                mean-head PnP    {stats(full_mean)}")
     print(f"    |yaw error| {stats(yaw_err)}")
     print(f"    |pitch error| {stats(pitch_err)}")
     print(f"  prepare_face wall time: median {statistics.median(seconds) * 1e3:.0f} ms")

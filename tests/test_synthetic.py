@@ -122,9 +122,17 @@ def test_frontal_mean_head_is_framed_like_ffhq(renderer):
     assert np.allclose(centre, 64, atol=1.5) and abs(size - 128) < 2.5
 
 
-def test_landmark_template_is_the_mean_head(model):
-    template = json.loads((ROOT / "editkit" / "data" / "head_landmarks68.json").read_text())["landmarks"]
-    assert np.allclose(np.array(template), model.landmarks3d(HeadParams.neutral()), atol=1e-4)
+def test_landmark_template_is_the_mean_head_and_its_shape_basis(model):
+    template = json.loads((ROOT / "editkit" / "data" / "head_landmarks68.json").read_text())
+    mean = model.landmarks3d(HeadParams.neutral())
+    assert np.allclose(np.array(template["landmarks"]), mean, atol=1e-4)
+    basis = np.array(template["identity_basis"]).reshape(-1, 68, 3)
+    params = sample_params(np.random.default_rng(0), 1, expression=False)[0]
+    coefficients = params[HeadParams.identity]
+    assert len(basis) == len(coefficients)
+    # landmarks 17-67 are linear in the identity coefficients (the jaw contour is picked per view)
+    moved = mean + np.tensordot(coefficients, basis, 1)
+    assert np.allclose(moved[17:], model.landmarks3d(params)[17:], atol=2e-4)
 
 
 def test_jaw_contour_follows_the_view(model):

@@ -406,18 +406,29 @@ def straighten_neck(mean: np.ndarray, identity: np.ndarray, skin: np.ndarray):
 
 
 def write_landmark_template(model: HeadModel, path: Path):
-    """The mean head's 68 neutral landmarks (frontal jaw contour) as JSON, for cv2.solvePnP in editkit.faces."""
-    landmarks = model.landmarks3d(HeadParams.neutral())
+    """The mean head's 68 neutral landmarks (frontal jaw contour) and how each identity coefficient moves them, as
+    JSON: the morphable landmark model that editkit.faces fits to a photo's landmarks for its camera."""
+    neutral = HeadParams.neutral()
+    landmarks = model.landmarks3d(neutral)
+    basis = []
+    for k in range(HeadParams.identity.stop):
+        params = neutral.copy()
+        params[k] = 1.0
+        basis.append(model.landmarks3d(params) - landmarks)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({
         "description": "68 dlib-ordered 3D landmarks of the demo world's mean head, neutral expression, jaw contour "
-                       "as seen by the frontal camera; rebuilt by python -m training.synthetic.build_head_model",
+                       "as seen by the frontal camera, and 'identity_basis': their displacement (68 x 3, flattened) "
+                       "per unit of each identity shape coefficient (coefficients ~ N(0, 1)); rebuilt by python -m "
+                       "training.synthetic.build_head_model",
         "frame": "EG3D world: y up, the face looks towards +z, units of EG3D's world (the frontal camera sits at "
                  "(0, 0, 2.7) looking at (0, 0, 0.2)); an FFHQ-style crop of the frontal view fills the image",
         "licence": "CC0 1.0 (derived from MakeHuman/MPFB2 assets, see training/synthetic/data/LICENSE.md)",
     }, indent=1)
     rows = ",\n".join("  " + json.dumps([round(float(c), 5) for c in point]) for point in landmarks)
-    path.write_text(header[:-2] + ',\n "landmarks": [\n' + rows + "\n ]\n}\n")
+    basis_rows = ",\n".join("  " + json.dumps([round(float(c), 6) for c in b.reshape(-1)]) for b in basis)
+    path.write_text(header[:-2] + ',\n "landmarks": [\n' + rows + '\n ],\n "identity_basis": [\n' + basis_rows
+                    + "\n ]\n}\n")
 
 
 def paint_masks(images: dict, mean: np.ndarray, triangles, triangle_uvs, triangle_material, uvs,
