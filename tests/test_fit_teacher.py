@@ -52,7 +52,8 @@ def test_export_loads_by_path_and_renders(tmp_path):
     G = load_generator(out)
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["provenance"]["steps"] == 1 and "psnr" in config["provenance"]["metrics"]
-    assert G.plane_offset is not None and G.plane_offset.abs().max() > 0  # learned, saved and loaded
+    for tensor in (G.plane_offset, G.plane_basis):  # learned, saved and loaded
+        assert tensor is not None and tensor.abs().max() > 0
     assert "init_from" not in config["provenance"]
     run(tmp_path / "continued", TINY, max_steps=1, eval_heads=1, init_from=out)
     again = fit_teacher.export(tmp_path / "continued", tmp_path / "continued.safetensors")
@@ -62,13 +63,13 @@ def test_export_loads_by_path_and_renders(tmp_path):
     assert image.shape == (1, 3, 128, 128) and torch.isfinite(image).all()
 
 
-def test_a_teacher_without_plane_offset_starts_a_run_with_one_and_renders_the_same(tmp_path):
+def test_a_teacher_without_plane_offset_and_basis_starts_a_run_with_them_and_renders_the_same(tmp_path):
     torch.manual_seed(0)
-    plain = build_teacher({**CONFIGS["tiny"], "plane_offset": False}).eval()
+    plain = build_teacher({**CONFIGS["tiny"], "plane_offset": False, "plane_basis": 0}).eval()
     path = save_model(tmp_path / "plain.safetensors", {"G": plain})
     G = build_teacher(CONFIGS["tiny"]).eval()
     init_weights(G, load_generator(path))
-    assert G.plane_offset.abs().max() == 0
+    assert G.plane_offset.abs().max() == 0 and G.plane_basis.abs().max() == 0
     ws = G.mapping(torch.randn(2, G.z_dim), torch.zeros(2, 25))
     label = frontal_label().float().repeat(2, 1)
     renders = []
@@ -81,6 +82,13 @@ def test_a_teacher_without_plane_offset_starts_a_run_with_one_and_renders_the_sa
         G.plane_offset.normal_()
     torch.testing.assert_close(G.planes(ws, noise_mode="const") - plain.planes(ws, noise_mode="const"),
                                G.plane_offset.expand(2, -1, -1, -1, -1))
+    with torch.no_grad():  # a basis tensor of ones adds its mixing weight (per head) everywhere
+        G.plane_offset.zero_()
+        G.plane_basis[2] = 1
+    mix = G.plane_basis_weights(ws.mean(1))[:, 2]
+    assert mix[0] != mix[1]
+    torch.testing.assert_close(G.planes(ws, noise_mode="const") - plain.planes(ws, noise_mode="const"),
+                               mix.view(2, 1, 1, 1, 1).expand(-1, 3, 32, 32, 32))
     wide = build_teacher({**CONFIGS["tiny"], "channel_max": 32})
     try:
         init_weights(wide, load_generator(path))

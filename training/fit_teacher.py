@@ -43,17 +43,19 @@ from training.state import load_latest_state, save_state, state_files
 from training.synthetic.latent import LATENT_SIZE, params_from_z
 
 DEMO = dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
-            channel_max=32, samples=12, plane_offset=False)
+            channel_max=32, samples=12, plane_offset=False, plane_basis=0, plane_basis_resolution=64)
 CONFIGS = {
     # the first demo teacher (no plane offset: no facial features after 1844 steps)
     "demo": DEMO,
     # the shipped teacher: the same network with a learned plane offset (docs/demo_teacher.md)
     "offset": {**DEMO, "plane_offset": True},
+    # the offset plus 16 tri-plane tensors at 64 px mixed by a linear layer of w (docs/demo_teacher.md)
+    "basis": {**DEMO, "plane_offset": True, "plane_basis": 16},
     # a wider backbone: 128 channels up to 64 px, 64 at 128 px (+17% per step, docs/demo_teacher.md)
     "wide": {**DEMO, "channel_base": 8192, "channel_max": 128},
     # a few seconds per step: for tests
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
-                 channel_max=16, samples=6, plane_offset=True),
+                 channel_max=16, samples=6, plane_offset=True, plane_basis=4, plane_basis_resolution=16),
 }
 DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, seed=0, lpips="vgg", lpips_weight=0.3,
                 lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0, density_reg=0.25,
@@ -73,7 +75,8 @@ def teacher_kwargs(config: dict) -> dict:
     return dict(z_dim=LATENT_SIZE, c_dim=25, w_dim=512, img_resolution=config["img_resolution"], img_channels=3,
                 sr_num_fp16_res=0, mapping_kwargs=dict(num_layers=2, lr_multiplier=1.0),
                 rendering_kwargs=rendering, triplane_resolution=config["triplane_resolution"],
-                plane_offset=config["plane_offset"],
+                plane_offset=config["plane_offset"], plane_basis=config["plane_basis"],
+                plane_basis_resolution=config["plane_basis_resolution"],
                 sr_kwargs=dict(channel_base=config["channel_base"], channel_max=config["channel_max"],
                                fused_modconv_default="inference_only"),
                 channel_base=config["channel_base"], channel_max=config["channel_max"],
@@ -184,23 +187,29 @@ def update_ema(G_ema, G, beta: float) -> None:
             b_ema.copy_(b)
 
 
+PLANE_TENSORS = ("plane_offset", "plane_basis")  # free tri-plane tensors: their own learning rate
+PLANE_EXTRAS = PLANE_TENSORS + ("plane_basis_weights.weight", "plane_basis_weights.bias")
+
+
 def param_groups(G, settings: dict) -> list:
-    """Adam groups: the plane offset (a free tensor, when there is one) has its own learning rate."""
-    if G.plane_offset is None:
-        return [{"params": list(G.parameters()), "lr": settings["lr"]}]
-    rest = [p for p in G.parameters() if p is not G.plane_offset]
-    return [{"params": rest, "lr": settings["lr"]}, {"params": [G.plane_offset], "lr": settings["offset_lr"]}]
+    """Adam groups: the free tri-plane tensors (offset, basis; when there are any) have their own learning rate."""
+    named = dict(G.named_parameters())
+    planes = [named.pop(name) for name in PLANE_TENSORS if name in named]
+    groups = [{"params": list(named.values()), "lr": settings["lr"]}]
+    return groups + [{"params": planes, "lr": settings["offset_lr"]}] if planes else groups
 
 
 def init_weights(G, source) -> None:
-    """Copy a saved teacher's weights into G; a plane offset the source lacks starts at zero."""
-    weights = source.state_dict()
-    if G.plane_offset is not None and "plane_offset" not in weights:
-        weights["plane_offset"] = torch.zeros_like(G.plane_offset)
+    """Copy a saved teacher's weights into G; plane offset and basis the source lacks keep G's initial values
+    (zero tensors: the renders do not change)."""
     try:
-        G.load_state_dict(weights)
-    except RuntimeError as e:
+        missing, unexpected = G.load_state_dict(source.state_dict(), strict=False)
+    except RuntimeError as e:  # shapes differ
         raise EditkitError(f"--init-from: its network does not match this config ({one_line(e)[:200]})") from None
+    missing = [key for key in missing if key not in PLANE_EXTRAS]
+    if missing or unexpected:
+        raise EditkitError(f"--init-from: its network does not match this config (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
 
 
 def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: int | None = None,

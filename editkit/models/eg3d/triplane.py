@@ -8,6 +8,7 @@ loads official weights with `load_state_dict(strict=True)`), and, for the same w
 """
 
 import torch
+import torch.nn.functional as F
 
 from editkit.models.eg3d.layers import (EG3DError, FullyConnectedLayer, Generator, Softplus, check_shape,
                                         record_init_kwargs)
@@ -43,18 +44,21 @@ class OSGDecoder(torch.nn.Module):
 class TriPlaneGenerator(torch.nn.Module):
     """z and camera label c (25 floats) -> {'image', 'image_raw', 'image_depth'}.
 
-    editkit adds two arguments to the official ones, both off for official models:
+    editkit adds arguments to the official ones, all off for official models:
     `triplane_resolution` (official 256, the default; the demo teacher uses 128 px planes, which fit twice as fast
-    on a CPU) and `plane_offset`: a learned tri-plane tensor added to every head's planes. It carries what all
+    on a CPU); `plane_offset`: a learned tri-plane tensor added to every head's planes. It carries what all
     heads share (where eyes, nose and mouth are), which a CPU fit learns in minutes while the StyleGAN2 backbone,
-    building every position's detail up from a 4x4 constant, needs days (docs/demo_teacher.md).
+    building every position's detail up from a 4x4 constant, needs days (docs/demo_teacher.md);
+    `plane_basis` K (with `plane_basis_resolution`): K learned tri-plane tensors, mixed per head by a linear layer
+    of w (the mean over the ws) and upsampled to the planes' size, so that how heads differ in fine detail
+    (expressions, features) is learned as directly as the offset.
     `neural_rendering_resolution` (a plain attribute, default 64; FFHQ models use 128) sets the size of the
     volume-rendered image; passing `neural_rendering_resolution` to `synthesis` changes it, as upstream.
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs=None,
                  rendering_kwargs=None, sr_kwargs=None, triplane_resolution=256, plane_offset=False,
-                 **synthesis_kwargs):
+                 plane_basis=0, plane_basis_resolution=64, **synthesis_kwargs):
         super().__init__()
         rendering_kwargs = {} if rendering_kwargs is None else rendering_kwargs
         for key in ("superresolution_module", "sr_antialias"):
@@ -82,6 +86,11 @@ class TriPlaneGenerator(torch.nn.Module):
         if plane_offset:
             self.plane_offset = torch.nn.Parameter(
                 torch.zeros(1, 3, PLANE_CHANNELS, triplane_resolution, triplane_resolution))
+        self.plane_basis = None
+        if plane_basis:
+            self.plane_basis = torch.nn.Parameter(
+                torch.zeros(plane_basis, 3, PLANE_CHANNELS, plane_basis_resolution, plane_basis_resolution))
+            self.plane_basis_weights = FullyConnectedLayer(w_dim, plane_basis)
         self.neural_rendering_resolution = 64
         self.rendering_kwargs = rendering_kwargs
         self._last_planes = None
@@ -104,8 +113,17 @@ class TriPlaneGenerator(torch.nn.Module):
     def planes(self, ws, update_emas=False, **synthesis_kwargs):
         """The tri-planes (N, 3, 32, R, R) for ws (R = triplane_resolution, 256 in official models)."""
         planes = self.backbone.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
-        planes = planes.view(len(planes), 3, PLANE_CHANNELS, planes.shape[-2], planes.shape[-1])
-        return planes if self.plane_offset is None else planes + self.plane_offset
+        n, size = len(planes), planes.shape[-2:]
+        planes = planes.view(n, 3, PLANE_CHANNELS, *size)
+        if self.plane_offset is not None:
+            planes = planes + self.plane_offset
+        if self.plane_basis is not None:
+            mix = self.plane_basis_weights(ws.mean(1))
+            detail = (mix @ self.plane_basis.flatten(1)).view(n * 3, PLANE_CHANNELS, *self.plane_basis.shape[-2:])
+            if detail.shape[-2:] != size:
+                detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
+            planes = planes + detail.view_as(planes)
+        return planes
 
     def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
                   use_cached_backbone=False, **synthesis_kwargs):
