@@ -139,3 +139,27 @@ def test_kill_9_and_a_damaged_newest_state_then_resume_gives_the_same_weights(tm
     assert a["step"] == b["step"] == 4
     for key, value in a["G"].items():
         torch.testing.assert_close(b["G"][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_feature_weights_cover_where_the_truths_expressions_change():
+    truth = GroundTruth(128, 16)
+    data = evaluation_set(truth, heads=2, probe_heads=2)
+    assert data["features"].shape == (10, 1, 128, 128) and data["features"].amax() <= 1
+    assert 0.03 < data["features"].mean() < 0.3  # blobs over chin, brows, eyes, nose, mouth; not the whole face
+    shape = (len(fit_teacher.EXPRESSION_PROBES), 2, 2, -1, 128, 128)  # probe, low/high, head, channel
+    probes = truth(data["probe_z"], data["probe_labels"])
+    torch.testing.assert_close(probes["image"], data["probe_image"])
+    change = (probes["image"].view(shape)[:, 1] - probes["image"].view(shape)[:, 0]).abs().sum(2)
+    around_features = probes["features"].view(shape)[:, 1, :, 0] > 0.1
+    inside = (change * around_features).sum((-2, -1)) / change.sum((-2, -1))
+    assert (inside > 0.7).all(), inside  # smiling and opening the jaw change the image around the landmarks
+
+
+def test_expression_response_is_one_for_the_truth_and_zero_for_a_generator_that_ignores_it():
+    probes = len(fit_teacher.EXPRESSION_PROBES)
+    truth = torch.randn(probes * 2 * 3, 3, 8, 8)
+    follows = fit_teacher.expression_response(truth, truth)
+    assert all(v == {"cosine": 1.0, "size": 1.0} for v in follows.values()), follows
+    frozen = truth.view(probes, 2, 3, 3, 8, 8)[:, :1].expand(-1, 2, -1, -1, -1, -1).reshape(truth.shape)
+    ignores = fit_teacher.expression_response(frozen, truth)
+    assert all(v == {"cosine": 0.0, "size": 0.0} for v in ignores.values()), ignores

@@ -16,7 +16,11 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
 - LPIPS on the image: the only loss term that brought out eyes, nose and lips in earlier attempts;
 - a learned plane offset (`TriPlaneGenerator(plane_offset=True)`, its own learning rate): the backbone alone
   learned no facial features in 1844 steps; with the offset dlib finds faces in most renders after 200 steps;
-- an EMA copy of the weights is evaluated and exported.
+- a feature-weighted image term (`feature_weight`): L1 inside Gaussian blobs around the brow, eye, nose and mouth
+  landmarks (and the chin); with the whole-image losses alone the teacher drew one generic face and no expressions (the features
+  are a few percent of the pixels);
+- an EMA copy of the weights is evaluated and exported; the evaluation also measures how well the teacher follows
+  its expression latents (`expression_response`).
 A run stops after `--minutes`, saving its state; the same command continues it.
 """
 
@@ -40,7 +44,7 @@ from editkit.io import atomic_write
 from editkit.models.eg3d import TriPlaneGenerator
 from editkit.models.eg3d.configs import rendering_kwargs
 from training.state import load_latest_state, save_state, state_files
-from training.synthetic.latent import LATENT_SIZE, params_from_z
+from training.synthetic.latent import LATENT_SIZE, SMILE, SPARSE, params_from_z
 
 DEMO = dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
             channel_max=32, samples=12, plane_offset=False, plane_basis=0, plane_basis_resolution=64)
@@ -59,10 +63,16 @@ CONFIGS = {
 }
 DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, seed=0, lpips="vgg", lpips_weight=0.3,
                 lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0, density_reg=0.25,
-                ema_beta=0.998, yaw_range=50.0, pitch_std=8.0)
+                ema_beta=0.998, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
 ADJUSTABLE = ("lr", "offset_lr")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
+# chin, brows, nose, eyes and mouth of the 68-point scheme (not the sides of the jaw line); with blobs of 0.04 x the
+# image size they weight 18% of the image and hold ~80% of what smiling or opening the jaw changes (measured)
+FEATURE_LANDMARKS = [*range(5, 12), *range(17, 68)]
+FEATURE_SIGMA = 0.04
+# expression latents probed by the evaluation: (name, latent index), each moved from EXPRESSION_LOW to _HIGH
+EXPRESSION_PROBES, EXPRESSION_LOW, EXPRESSION_HIGH = (("smile", SMILE), ("jaw_open", SPARSE)), -2.0, 2.5
 
 
 def teacher_kwargs(config: dict) -> dict:
@@ -96,9 +106,20 @@ def sample_cameras(generator: torch.Generator, n: int, yaw_range: float, pitch_s
     return cameras.make_label(yaw, pitch).float()
 
 
+def feature_map(landmarks: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, 1, R, R) in [0, 1]: the largest Gaussian blob over the facial-feature landmarks (N, 68, 2 pixels)."""
+    centres = torch.arange(resolution, dtype=torch.float32) + 0.5
+    points = landmarks[:, FEATURE_LANDMARKS].float()
+    dx = (centres[None, None, :] - points[..., :1]) ** 2  # (N, L, R) along x
+    dy = (centres[None, None, :] - points[..., 1:]) ** 2  # (N, L, R) along y
+    sigma2 = 2 * (FEATURE_SIGMA * resolution) ** 2
+    blobs = torch.exp(-(dy[..., :, None] + dx[..., None, :]) / sigma2)  # (N, L, R, R)
+    return blobs.amax(1, keepdim=True)
+
+
 class GroundTruth:
-    """Renders the heads of latents z at labels: image at the output size; raw image, depth, mask at the
-    neural rendering size (box-filtered), all as torch tensors in EG3D's ranges."""
+    """Renders the heads of latents z at labels: image and facial-feature weights at the output size; raw image,
+    depth, mask at the neural rendering size (box-filtered), all as torch tensors in EG3D's ranges."""
 
     def __init__(self, resolution: int, neural_resolution: int):
         from training.synthetic.render import HeadRenderer  # needs EGL: import only when rendering
@@ -113,6 +134,7 @@ class GroundTruth:
         depth = torch.from_numpy(out["depth"])[:, None]
         coverage = F.avg_pool2d(mask, self.factor)
         return {"image": image, "image_raw": F.avg_pool2d(image, self.factor),
+                "features": feature_map(torch.from_numpy(out["landmarks2d"]), image.shape[-1]),
                 "depth": F.avg_pool2d(depth * mask, self.factor) / coverage.clamp_min(1e-6),
                 "coverage": coverage, "inside": coverage > 0.999}
 
@@ -132,12 +154,15 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     ws = G.mapping(z, labels, update_emas=True)
     out = G.synthesis(ws, labels, cache_backbone=True)
     inside = truth["inside"]
-    terms = {"image": (out["image"] - truth["image"]).abs().mean(),
+    error = (out["image"] - truth["image"]).abs()
+    features = truth["features"]
+    terms = {"image": error.mean(),
+             "features": (error * features).sum() / (features.sum() * error.shape[1]).clamp_min(1),
              "raw": (out["image_raw"] - truth["image_raw"]).abs().mean(),
              "depth": ((out["image_depth"] - truth["depth"]).abs() * inside).sum() / inside.sum().clamp_min(1),
              "opacity": (out["image_opacity"] - truth["coverage"]).abs().mean()}
-    total = (terms["image"] + settings["raw_weight"] * terms["raw"] + settings["depth_weight"] * terms["depth"]
-             + settings["opacity_weight"] * terms["opacity"])
+    total = (terms["image"] + settings["feature_weight"] * terms["features"] + settings["raw_weight"] * terms["raw"]
+             + settings["depth_weight"] * terms["depth"] + settings["opacity_weight"] * terms["opacity"])
     if lpips is not None and step >= settings["lpips_after"]:
         terms["lpips"] = lpips(out["image"], truth["image"]).mean()
         total = total + settings["lpips_weight"] * terms["lpips"]
@@ -150,33 +175,61 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
 
 
 def evaluation_set(truth: GroundTruth, heads: int = EVAL_HEADS, yaws=EVAL_YAWS, seed: int = EVAL_SEED,
-                   device="cpu") -> dict:
-    """Held-out heads (their own seed) at fixed yaws, pitch 0, with their ground truth."""
-    z = torch.randn(heads, LATENT_SIZE, generator=torch.Generator().manual_seed(seed))
-    z = z.repeat_interleave(len(yaws), 0)
+                   device="cpu", probe_heads: int = 4) -> dict:
+    """Held-out heads (their own seed) at fixed yaws, pitch 0, with their ground truth; and, for the expression
+    probes, the first `probe_heads` of them seen from the front with each probed latent low, then high."""
+    base = torch.randn(heads, LATENT_SIZE, generator=torch.Generator().manual_seed(seed))
+    z = base.repeat_interleave(len(yaws), 0)
     labels = cameras.make_label(torch.tensor(yaws * heads, dtype=torch.float64), 0.0).float()
-    return to_device({"z": z, "labels": labels, **truth(z, labels)}, device)
+    probe_base = base[:probe_heads]
+    probe_z = probe_base.repeat(len(EXPRESSION_PROBES) * 2, 1).view(len(EXPRESSION_PROBES), 2, len(probe_base), -1)
+    for k, (_, index) in enumerate(EXPRESSION_PROBES):
+        probe_z[k, 0, :, index], probe_z[k, 1, :, index] = EXPRESSION_LOW, EXPRESSION_HIGH
+    probe_z = probe_z.flatten(0, 2)
+    probe_labels = cameras.make_label(torch.zeros(len(probe_z), dtype=torch.float64), 0.0).float()
+    data = {"z": z, "labels": labels, **truth(z, labels),
+            "probe_z": probe_z, "probe_labels": probe_labels, "probe_image": truth(probe_z, probe_labels)["image"]}
+    return to_device(data, device)
 
 
 def to_device(tensors: dict, device) -> dict:
     return {k: v.to(device) for k, v in tensors.items()}
 
 
+def expression_response(images: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Per probed expression latent: mean over heads of the cosine between the generator's image change (low to
+    high) and the ground truth's (1: follows the expression; 0: ignores it), and the ratio of their sizes."""
+    shape = (len(EXPRESSION_PROBES), 2, -1, images[0].numel())
+    change, true_change = (x.reshape(shape).diff(dim=1)[:, 0] for x in (images, truth))
+    cosine = F.cosine_similarity(change, true_change, dim=-1).mean(1)
+    size = (change.norm(dim=-1) / true_change.norm(dim=-1).clamp_min(1e-8)).mean(1)
+    return {name: {"cosine": round(float(cosine[k]), 3), "size": round(float(size[k]), 3)}
+            for k, (name, _) in enumerate(EXPRESSION_PROBES)}
+
+
+def render_images(G, z: torch.Tensor, labels: torch.Tensor, batch: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (clamped to [-1, 1]) and depth maps of latents z at labels, in batches."""
+    images, depths = [], []
+    for i in range(0, len(z), batch):
+        ws = G.mapping(z[i:i + batch], labels[i:i + batch])
+        out = G.synthesis(ws, labels[i:i + batch], noise_mode="const")
+        images.append(out["image"].clamp(-1, 1))
+        depths.append(out["image_depth"])
+    return torch.cat(images), torch.cat(depths)
+
+
 @torch.no_grad()
-def evaluate(G, data: dict, batch: int = 10) -> dict:
-    """PSNR (dB) of the image at the output size, mean depth error inside the head (scene units)."""
+def evaluate(G, data: dict) -> dict:
+    """PSNR (dB) of the image at the output size, mean depth error inside the head (scene units), and how the
+    image follows the probed expression latents (`expression_response`)."""
     G.eval()
-    sq_err, depth_err, inside = [], 0.0, 0
-    for i in range(0, len(data["z"]), batch):
-        sl = slice(i, i + batch)
-        ws = G.mapping(data["z"][sl], data["labels"][sl])
-        out = G.synthesis(ws, data["labels"][sl], noise_mode="const")
-        sq_err.append(((out["image"].clamp(-1, 1) - data["image"][sl]) / 2).pow(2).mean((1, 2, 3)))
-        mask = data["inside"][sl]
-        depth_err += float(((out["image_depth"] - data["depth"][sl]).abs() * mask).sum())
-        inside += int(mask.sum())
-    psnr = -10 * torch.log10(torch.cat(sq_err))
-    return {"psnr": float(psnr.mean()), "depth_error": depth_err / max(inside, 1)}
+    images, depths = render_images(G, data["z"], data["labels"])
+    psnr = -10 * torch.log10(((images - data["image"]) / 2).pow(2).mean((1, 2, 3)))
+    inside = data["inside"]
+    depth_error = float(((depths - data["depth"]).abs() * inside).sum()) / max(int(inside.sum()), 1)
+    probes, _ = render_images(G, data["probe_z"], data["probe_labels"])
+    return {"psnr": float(psnr.mean()), "depth_error": depth_error,
+            "expression_response": expression_response(probes, data["probe_image"])}
 
 
 def update_ema(G_ema, G, beta: float) -> None:
@@ -266,6 +319,8 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     if settings["lpips"] != "none":
         from editkit.perceptual import LPIPS
         lpips = LPIPS(settings["lpips"]).to(device)
+    if step == 0:  # where a run starts (from scratch or from --init-from)
+        log({"step": 0, "minutes": 0.0, "eval": evaluate(G_ema, eval_data)})
     start = last_save = last_eval = time.time()
     bar = tqdm(desc="fit teacher", unit="step", initial=step, total=max_steps, mininterval=30)
     while (minutes is None or time.time() - start < minutes * 60) and (max_steps is None or step < max_steps):
@@ -296,7 +351,7 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     result = evaluate(G_ema, eval_data)
     log({"step": step, "minutes": round(elapsed / 60, 2), "eval": result})
     print(f"step {step}, {elapsed / 60:.1f} min fitted: PSNR {result['psnr']:.2f} dB, "
-          f"depth error {result['depth_error']:.4f}")
+          f"depth error {result['depth_error']:.4f}, expression response {result['expression_response']}")
     return result
 
 
