@@ -1,9 +1,11 @@
 """Time one inversion step (render, loss, backward, Adam) through the student and the teacher, per LPIPS backbone.
 
-    python benchmarks/inversion.py [--teacher NAME_OR_PATH] [--student NAME_OR_PATH] [--repeats 10] [--threads 1]
+    python benchmarks/inversion.py [--teacher NAME_OR_PATH] [--student NAME_OR_PATH] [--official] [--repeats 10]
+        [--threads 1]
 
 Without models it times random networks of the demo configurations (training/fit_teacher.py's "demo" teacher and
-`Student.from_teacher` of it): speed does not depend on the weights. Reported per configuration: median and range
+`Student.from_teacher` of it), with `--official` of EG3D's FFHQ 512 configuration (what a user with official
+weights inverts through) and its default student: speed does not depend on the weights. Reported per configuration: median and range
 of wall time and of process CPU time per step; the generator alone (forward + backward with respect to ws) and
 the loss network alone (forward + backward with respect to the image) are timed the same way. Configurations are
 interleaved (round robin) so that load from other processes hits them alike.
@@ -28,6 +30,13 @@ def generators(args) -> dict:
     """{'student': G_S, 'teacher': G_T} from the arguments, random demo-config networks where not given."""
     if args.teacher:
         teacher = checkpoints.load_generator(args.teacher)
+    elif args.official:
+        from editkit.models.eg3d import TriPlaneGenerator
+        from editkit.models.eg3d.configs import ffhq512_kwargs
+
+        torch.manual_seed(0)
+        teacher = TriPlaneGenerator(**ffhq512_kwargs()).eval()
+        teacher.neural_rendering_resolution = 128  # as the FFHQ 512 model renders
     else:
         from training.fit_teacher import CONFIGS, build_teacher
 
@@ -70,6 +79,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", help="teacher model (registry name or file); default: random demo config")
     parser.add_argument("--student", help="student model (registry name or file); default: from the teacher")
+    parser.add_argument("--official", action="store_true",
+                        help="random networks of EG3D's FFHQ 512 configuration instead of the demo one")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per configuration (after 2 warm-ups)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is the clean measure)")
     args = parser.parse_args()
