@@ -40,6 +40,8 @@ def test_world_report_measures_teacher_and_student_against_ground_truth(world_mo
     assert set(report["models"]) == {"teacher", "student"}
     for row in report["models"].values():
         assert 0 < row["psnr"] < 60 and 0 <= row["lpips_vgg"] <= 1.5 and len(row["psnr_per_yaw"]) == 5
+        assert set(row["expression_response"]) == {"smile", "jaw_open"}
+        assert all(-1 <= v["cosine"] <= 1 and v["size"] >= 0 for v in row["expression_response"].values())
     assert "depth_error" in report["models"]["teacher"] and "depth_error" not in report["models"]["student"]
     rates = report["dlib_detection"]
     assert set(rates) == {"ground_truth", "teacher", "student"} and rates["ground_truth"]["mean"] > 0.5

@@ -5,6 +5,8 @@ compared with the renderer's image of the head that z decodes to, at the same ca
 (the model cards' numbers) and DIR/samples.png (per held-out head and yaw: ground truth, then each model):
 - image PSNR and LPIPS (VGG) at the output size for held-out heads at yaw -35..35 deg (pitch 0), and, for models
   that render depth (the teacher), the depth error inside the head mask (scene units);
+- whether expressions show: for the smile and jaw-open latents, the cosine between the model's and the truth's image
+  change from low to high on 8 of those heads seen from the front (`fit_teacher.expression_response`);
 - how often dlib's HOG detector finds a face in renders of random latents at yaw -30, 0 and 30 deg, for each model
   and for the ground truth at the same latents.
 """
@@ -26,7 +28,7 @@ from editkit.checkpoints import load_generator, named_model
 from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
 from editkit.io import atomic_write
-from training.fit_teacher import EVAL_SEED, GroundTruth, evaluation_set
+from training.fit_teacher import EVAL_SEED, GroundTruth, evaluation_set, expression_response
 from training.synthetic.latent import LATENT_SIZE
 
 YAWS = (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -55,7 +57,8 @@ def per_yaw(values: torch.Tensor, digits: int) -> dict:
 
 
 def fidelity(G, data: dict, lpips) -> tuple[dict, torch.Tensor]:
-    """PSNR, LPIPS (and depth error) against the ground truth in data; also returns the images."""
+    """PSNR, LPIPS (and depth error), expression response against the ground truth in data; also returns the
+    images."""
     out = render(G, data["z"], data["labels"])
     mse = ((out["image"].clamp(-1, 1) - data["image"]) / 2).pow(2).mean((1, 2, 3))
     psnr = -10 * torch.log10(mse)
@@ -67,6 +70,8 @@ def fidelity(G, data: dict, lpips) -> tuple[dict, torch.Tensor]:
         inside = data["inside"]
         error = ((out["image_depth"] - data["depth"]).abs() * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3))
         metrics.update(depth_error=round(float(error.mean()), 4), depth_error_per_yaw=per_yaw(error, 4))
+    probes = render(G, data["probe_z"], data["probe_labels"])["image"].clamp(-1, 1)
+    metrics["expression_response"] = expression_response(probes, data["probe_image"])
     return metrics, out["image"]
 
 
@@ -119,7 +124,7 @@ def main(argv=None) -> int:
         neural = next((G.neural_rendering_resolution for G in models.values()
                        if hasattr(G, "neural_rendering_resolution")), first.img_resolution)  # the depth maps' size
         truth = GroundTruth(first.img_resolution, neural)
-        data = evaluation_set(truth, args.heads, YAWS, args.seed)
+        data = evaluation_set(truth, args.heads, YAWS, args.seed, probe_heads=8)
         lpips = LPIPS("vgg")
         report, fits = {"heads": args.heads, "yaws": list(YAWS), "seed": args.seed, "models": {}}, []
         for name, G in tqdm(models.items(), desc="fidelity"):
