@@ -163,3 +163,20 @@ def test_expression_response_is_one_for_the_truth_and_zero_for_a_generator_that_
     frozen = truth.view(probes, 2, 3, 3, 8, 8)[:, :1].expand(-1, 2, -1, -1, -1, -1).reshape(truth.shape)
     ignores = fit_teacher.expression_response(frozen, truth)
     assert all(v == {"cosine": 0.0, "size": 0.0} for v in ignores.values()), ignores
+
+
+def test_pairs_differ_only_in_expression_and_their_loss_term_trains():
+    settings = {**TINY, "batch": 4, "pair_weight": 1.0}
+    z, labels = fit_teacher.sample_batch(torch.Generator().manual_seed(0), settings)
+    expression = fit_teacher.EXPRESSION_LATENTS
+    others = torch.ones(z.shape[1], dtype=torch.bool)
+    others[expression] = False
+    assert torch.equal(z[:2, others], z[2:, others]) and torch.equal(labels[:2], labels[2:])
+    assert (z[:2, expression] != z[2:, expression]).all()
+    torch.manual_seed(0)
+    G = build_teacher(CONFIGS["tiny"])
+    truth = GroundTruth(128, 16)(z, labels)
+    terms = fit_teacher.fit_losses(G, None, truth, z, labels, settings, torch.Generator().manual_seed(1), step=0)
+    assert terms["pairs"] > 0
+    terms["pairs"].backward()
+    assert G.plane_basis.grad.abs().sum() > 0  # the expression change reaches the per-head plane basis

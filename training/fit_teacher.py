@@ -44,7 +44,7 @@ from editkit.io import atomic_write
 from editkit.models.eg3d import TriPlaneGenerator
 from editkit.models.eg3d.configs import rendering_kwargs
 from training.state import load_latest_state, save_state, state_files
-from training.synthetic.latent import LATENT_SIZE, SMILE, SPARSE, params_from_z
+from training.synthetic.latent import APPEARANCE, LATENT_SIZE, SMILE, SPARSE, params_from_z
 
 DEMO = dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
             channel_max=32, samples=12, plane_offset=False, plane_basis=0, plane_basis_resolution=64)
@@ -63,7 +63,7 @@ CONFIGS = {
 }
 DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, seed=0, lpips="vgg", lpips_weight=0.3,
                 lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0, density_reg=0.25,
-                ema_beta=0.998, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0)
+                ema_beta=0.998, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
 ADJUSTABLE = ("lr", "offset_lr")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -73,6 +73,21 @@ FEATURE_LANDMARKS = [*range(5, 12), *range(17, 68)]
 FEATURE_SIGMA = 0.04
 # expression latents probed by the evaluation: (name, latent index), each moved from EXPRESSION_LOW to _HIGH
 EXPRESSION_PROBES, EXPRESSION_LOW, EXPRESSION_HIGH = (("smile", SMILE), ("jaw_open", SPARSE)), -2.0, 2.5
+EXPRESSION_LATENTS = slice(SMILE, APPEARANCE)  # smile, blink, the sparse units, gaze
+
+
+def sample_batch(generator: torch.Generator, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents and cameras of one step. With `pair_weight`, the second half of the batch repeats the first half's
+    heads and cameras with their expression latents drawn anew: pairs that differ only in expression."""
+    n = settings["batch"]
+    z = torch.randn(n, LATENT_SIZE, generator=generator)
+    labels = sample_cameras(generator, n, settings["yaw_range"], settings["pitch_std"])
+    if settings["pair_weight"] > 0:
+        half = n // 2
+        z[half:2 * half] = z[:half]
+        z[half:2 * half, EXPRESSION_LATENTS] = torch.randn(half, APPEARANCE - SMILE, generator=generator)
+        labels[half:2 * half] = labels[:half]
+    return z, labels
 
 
 def teacher_kwargs(config: dict) -> dict:
@@ -166,6 +181,13 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     if lpips is not None and step >= settings["lpips_after"]:
         terms["lpips"] = lpips(out["image"], truth["image"]).mean()
         total = total + settings["lpips_weight"] * terms["lpips"]
+    if settings["pair_weight"] > 0:  # the expression change within each pair (sample_batch), around the features
+        half = len(z) // 2
+        change = out["image"][:half] - out["image"][half:2 * half]
+        true_change = truth["image"][:half] - truth["image"][half:2 * half]
+        weights = torch.maximum(features[:half], features[half:2 * half])
+        terms["pairs"] = ((change - true_change).abs() * weights).sum() / (weights.sum() * 3).clamp_min(1)
+        total = total + settings["pair_weight"] * terms["pairs"]
     if settings["density_reg"] > 0:
         terms["density"] = density_smoothness(G, G._last_planes, generator)
         total = total + settings["density_reg"] * terms["density"]
@@ -325,8 +347,7 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     bar = tqdm(desc="fit teacher", unit="step", initial=step, total=max_steps, mininterval=30)
     while (minutes is None or time.time() - start < minutes * 60) and (max_steps is None or step < max_steps):
         t0 = time.time()
-        z = torch.randn(settings["batch"], LATENT_SIZE, generator=generator)
-        labels = sample_cameras(generator, settings["batch"], settings["yaw_range"], settings["pitch_std"])
+        z, labels = sample_batch(generator, settings)
         target = to_device(truth(z, labels), device)  # rendered on the CPU
         terms = fit_losses(G, lpips, target, z.to(device), labels.to(device), settings, generator, step)
         opt.zero_grad(set_to_none=True)
