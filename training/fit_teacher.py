@@ -61,11 +61,11 @@ CONFIGS = {
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6, plane_offset=True, plane_basis=4, plane_basis_resolution=16),
 }
-DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, seed=0, lpips="vgg", lpips_weight=0.3,
+DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, seed=0, lpips="vgg", lpips_weight=0.3,
                 lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0, density_reg=0.25,
                 ema_beta=0.998, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
-ADJUSTABLE = ("lr", "offset_lr")  # may change when a run resumes
+ADJUSTABLE = ("lr", "offset_lr", "basis_lr")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
 # chin, brows, nose, eyes and mouth of the 68-point scheme (not the sides of the jaw line); with blobs of 0.04 x the
 # image size they weight 18% of the image and hold ~80% of what smiling or opening the jaw changes (measured)
@@ -229,15 +229,31 @@ def expression_response(images: torch.Tensor, truth: torch.Tensor) -> dict:
             for k, (name, _) in enumerate(EXPRESSION_PROBES)}
 
 
-def render_images(G, z: torch.Tensor, labels: torch.Tensor, batch: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (clamped to [-1, 1]) and depth maps of latents z at labels, in batches."""
-    images, depths = [], []
+@torch.no_grad()
+def render(G, z: torch.Tensor, labels: torch.Tensor, batch: int = 10) -> dict:
+    """{"image"} and, when G renders it, {"image_depth"} for latents z at labels, in batches."""
+    out = {}
     for i in range(0, len(z), batch):
         ws = G.mapping(z[i:i + batch], labels[i:i + batch])
-        out = G.synthesis(ws, labels[i:i + batch], noise_mode="const")
-        images.append(out["image"].clamp(-1, 1))
-        depths.append(out["image_depth"])
-    return torch.cat(images), torch.cat(depths)
+        result = G.synthesis(ws, labels[i:i + batch], noise_mode="const")
+        for key in ("image", "image_depth"):
+            if key in result:
+                out.setdefault(key, []).append(result[key])
+    return {key: torch.cat(value) for key, value in out.items()}
+
+
+@torch.no_grad()
+def probe_images(G, data: dict) -> torch.Tensor:
+    """G's images of the expression probes; each (probe, low/high) group is rendered with the same random ray
+    offsets, so that the volume renderer's sampling noise does not count as an expression change."""
+    groups = len(EXPRESSION_PROBES) * 2
+    z, labels = data["probe_z"].view(groups, -1, LATENT_SIZE), data["probe_labels"].view(groups, -1, 25)
+    images = []
+    for group in range(groups):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(EVAL_SEED)
+            images.append(render(G, z[group], labels[group], batch=len(z[group]))["image"])
+    return torch.cat(images).clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -245,13 +261,12 @@ def evaluate(G, data: dict) -> dict:
     """PSNR (dB) of the image at the output size, mean depth error inside the head (scene units), and how the
     image follows the probed expression latents (`expression_response`)."""
     G.eval()
-    images, depths = render_images(G, data["z"], data["labels"])
-    psnr = -10 * torch.log10(((images - data["image"]) / 2).pow(2).mean((1, 2, 3)))
+    out = render(G, data["z"], data["labels"])
+    psnr = -10 * torch.log10(((out["image"].clamp(-1, 1) - data["image"]) / 2).pow(2).mean((1, 2, 3)))
     inside = data["inside"]
-    depth_error = float(((depths - data["depth"]).abs() * inside).sum()) / max(int(inside.sum()), 1)
-    probes, _ = render_images(G, data["probe_z"], data["probe_labels"])
+    depth_error = float(((out["image_depth"] - data["depth"]).abs() * inside).sum()) / max(int(inside.sum()), 1)
     return {"psnr": float(psnr.mean()), "depth_error": depth_error,
-            "expression_response": expression_response(probes, data["probe_image"])}
+            "expression_response": expression_response(probe_images(G, data), data["probe_image"])}
 
 
 def update_ema(G_ema, G, beta: float) -> None:
@@ -262,16 +277,19 @@ def update_ema(G_ema, G, beta: float) -> None:
             b_ema.copy_(b)
 
 
-PLANE_TENSORS = ("plane_offset", "plane_basis")  # free tri-plane tensors: their own learning rate
-PLANE_EXTRAS = PLANE_TENSORS + ("plane_basis_weights.weight", "plane_basis_weights.bias")
+PLANE_EXTRAS = ("plane_offset", "plane_basis", "plane_basis_weights.weight", "plane_basis_weights.bias")
 
 
 def param_groups(G, settings: dict) -> list:
-    """Adam groups: the free tri-plane tensors (offset, basis; when there are any) have their own learning rate."""
+    """Adam groups: the network, then the free tri-plane tensors where G has them: the offset (`offset_lr`) and
+    the plane basis (`basis_lr`; its mixing layer learns with the network)."""
     named = dict(G.named_parameters())
-    planes = [named.pop(name) for name in PLANE_TENSORS if name in named]
-    groups = [{"params": list(named.values()), "lr": settings["lr"]}]
-    return groups + [{"params": planes, "lr": settings["offset_lr"]}] if planes else groups
+    groups = [{"params": [], "lr": settings["lr"]}]
+    for name, rate in (("plane_offset", "offset_lr"), ("plane_basis", "basis_lr")):
+        if name in named:
+            groups.append({"params": [named.pop(name)], "lr": settings[rate]})
+    groups[0]["params"] = list(named.values())
+    return groups
 
 
 def init_weights(G, source) -> None:

@@ -28,7 +28,8 @@ from editkit.checkpoints import load_generator, named_model
 from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
 from editkit.io import atomic_write
-from training.fit_teacher import EVAL_SEED, GroundTruth, evaluation_set, expression_response
+from training.fit_teacher import (EVAL_SEED, GroundTruth, evaluation_set, expression_response, probe_images,
+                                  render)
 from training.synthetic.latent import LATENT_SIZE
 
 YAWS = (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -37,19 +38,6 @@ DETECTION_YAWS = (-30.0, 0.0, 30.0)
 
 def face_found(detector, image: np.ndarray) -> bool:
     return len(detector(image, 1)) > 0  # one upsampling: HOG misses most faces at 128 px without it
-
-
-@torch.no_grad()
-def render(G, z: torch.Tensor, labels: torch.Tensor, batch: int = 8) -> dict:
-    """{"image"} and, when G renders it, {"image_depth"} for latents z at labels."""
-    out = {}
-    for i in range(0, len(z), batch):
-        ws = G.mapping(z[i:i + batch], labels[i:i + batch])
-        result = G.synthesis(ws, labels[i:i + batch], noise_mode="const")
-        for key in ("image", "image_depth"):
-            if key in result:
-                out.setdefault(key, []).append(result[key])
-    return {key: torch.cat(value) for key, value in out.items()}
 
 
 def per_yaw(values: torch.Tensor, digits: int) -> dict:
@@ -70,8 +58,7 @@ def fidelity(G, data: dict, lpips) -> tuple[dict, torch.Tensor]:
         inside = data["inside"]
         error = ((out["image_depth"] - data["depth"]).abs() * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3))
         metrics.update(depth_error=round(float(error.mean()), 4), depth_error_per_yaw=per_yaw(error, 4))
-    probes = render(G, data["probe_z"], data["probe_labels"])["image"].clamp(-1, 1)
-    metrics["expression_response"] = expression_response(probes, data["probe_image"])
+    metrics["expression_response"] = expression_response(probe_images(G, data), data["probe_image"])
     return metrics, out["image"]
 
 
