@@ -180,3 +180,19 @@ def test_pairs_differ_only_in_expression_and_their_loss_term_trains():
     assert terms["pairs"] > 0
     terms["pairs"].backward()
     assert G.plane_basis.grad.abs().sum() > 0  # the expression change reaches the per-head plane basis
+
+
+def test_the_plane_basis_leaves_the_average_head_alone():
+    torch.manual_seed(0)
+    G = build_teacher(CONFIGS["tiny"]).eval()
+    with torch.no_grad():
+        G.plane_basis.normal_()
+        G.w_avg.normal_()
+        average = G.w_avg[None, None].expand(1, G.num_ws, -1)
+        heads = torch.cat([average, average + torch.randn_like(average)])
+        with_basis = G.planes(heads, noise_mode="const")
+        basis, G.plane_basis = G.plane_basis, None
+        without = G.planes(heads, noise_mode="const")
+        G.plane_basis = basis
+    torch.testing.assert_close(with_basis[0], without[0])  # the average head: the offset only
+    assert (with_basis[1] - without[1]).abs().mean() > 0.1  # another head: its own detail

@@ -50,8 +50,9 @@ class TriPlaneGenerator(torch.nn.Module):
     heads share (where eyes, nose and mouth are), which a CPU fit learns in minutes while the StyleGAN2 backbone,
     building every position's detail up from a 4x4 constant, needs days (docs/demo_teacher.md);
     `plane_basis` K (with `plane_basis_resolution`): K learned tri-plane tensors, mixed per head by a linear layer
-    of w (the mean over the ws) and upsampled to the planes' size, so that how heads differ in fine detail
-    (expressions, features) is learned as directly as the offset.
+    of w - w_avg (w: the mean over the ws) and upsampled to the planes' size, so that how heads differ in fine
+    detail (expressions, features) is learned as directly as the offset; the mix is zero for the average head,
+    so the basis carries only how heads differ, the offset what they share.
     `neural_rendering_resolution` (a plain attribute, default 64; FFHQ models use 128) sets the size of the
     volume-rendered image; passing `neural_rendering_resolution` to `synthesis` changes it, as upstream.
     """
@@ -118,7 +119,7 @@ class TriPlaneGenerator(torch.nn.Module):
         if self.plane_offset is not None:
             planes = planes + self.plane_offset
         if self.plane_basis is not None:
-            mix = self.plane_basis_weights(ws.mean(1))
+            mix = self.plane_basis_weights(ws.mean(1)) - self.plane_basis_weights(self.w_avg[None])
             detail = (mix @ self.plane_basis.flatten(1)).view(n * 3, PLANE_CHANNELS, *self.plane_basis.shape[-2:])
             if detail.shape[-2:] != size:
                 detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
