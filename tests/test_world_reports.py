@@ -47,6 +47,8 @@ def test_world_report_measures_teacher_and_student_against_ground_truth(world_mo
     assert set(rates) == {"ground_truth", "teacher", "student"} and rates["ground_truth"]["mean"] > 0.5
     sheet = np.asarray(Image.open(out / "samples.png"))
     assert sheet.shape == (2 * 128, 5 * 3 * 128 + 4 * 4, 3)  # 2 heads; 5 yaws x (truth, teacher, student) + gaps
+    sheet = np.asarray(Image.open(out / "expressions.png"))
+    assert sheet.shape == (2 * 2 * 128, 3 * 2 * 128 + 2 * 4, 3)  # 2 probes x 2 heads; (truth, teacher, student) x 2
     capsys.readouterr()
     assert world_report.main(["nowhere.safetensors", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: nowhere.safetensors")

@@ -2,7 +2,8 @@
 
 Every generator whose latent is the world's z (the demo teacher, and its students, which share its mapping) is
 compared with the renderer's image of the head that z decodes to, at the same camera. Writes DIR/world_report.json
-(the model cards' numbers) and DIR/samples.png (per held-out head and yaw: ground truth, then each model):
+(the model cards' numbers), DIR/samples.png (per held-out head and yaw: ground truth, then each model) and
+DIR/expressions.png (per expression probe and head: the ground truth low and high, then each model's):
 - image PSNR and LPIPS (VGG) at the output size for held-out heads at yaw -35..35 deg (pitch 0), and, for models
   that render depth (the teacher), the depth error inside the head mask (scene units);
 - whether expressions show: for the smile and jaw-open latents, the cosine between the model's and the truth's image
@@ -28,8 +29,8 @@ from editkit.checkpoints import load_generator, named_model
 from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
 from editkit.io import atomic_write
-from training.fit_teacher import (EVAL_SEED, GroundTruth, evaluation_set, expression_response, probe_images,
-                                  render)
+from training.fit_teacher import (EVAL_SEED, EXPRESSION_PROBES, GroundTruth, evaluation_set, expression_response,
+                                  probe_images, render)
 from training.synthetic.latent import LATENT_SIZE
 
 YAWS = (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -44,9 +45,9 @@ def per_yaw(values: torch.Tensor, digits: int) -> dict:
     return {f"{yaw:+.1f}": round(float(values[k::len(YAWS)].mean()), digits) for k, yaw in enumerate(YAWS)}
 
 
-def fidelity(G, data: dict, lpips) -> tuple[dict, torch.Tensor]:
+def fidelity(G, data: dict, lpips) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """PSNR, LPIPS (and depth error), expression response against the ground truth in data; also returns the
-    images."""
+    images and the expression probes' images."""
     out = render(G, data["z"], data["labels"])
     mse = ((out["image"].clamp(-1, 1) - data["image"]) / 2).pow(2).mean((1, 2, 3))
     psnr = -10 * torch.log10(mse)
@@ -58,8 +59,9 @@ def fidelity(G, data: dict, lpips) -> tuple[dict, torch.Tensor]:
         inside = data["inside"]
         error = ((out["image_depth"] - data["depth"]).abs() * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3))
         metrics.update(depth_error=round(float(error.mean()), 4), depth_error_per_yaw=per_yaw(error, 4))
-    metrics["expression_response"] = expression_response(probe_images(G, data), data["probe_image"])
-    return metrics, out["image"]
+    probes = probe_images(G, data)
+    metrics["expression_response"] = expression_response(probes, data["probe_image"])
+    return metrics, out["image"], probes
 
 
 def detection_rates(models: dict, truth, n: int, seed: int) -> dict:
@@ -94,6 +96,23 @@ def sample_sheet(truth: torch.Tensor, fits: list, heads: int, rows: int = 4) -> 
     return np.concatenate(lines, 0)
 
 
+def expression_sheet(truth: torch.Tensor, models: list, heads: int = 4) -> np.ndarray:
+    """Rows of probes x heads; per row: the ground truth with the probed latent low and high, then each model's."""
+    shape = (len(EXPRESSION_PROBES), 2, -1, *truth.shape[1:])  # probe, low/high, head
+    columns = [to_uint8(images.reshape(-1, *truth.shape[1:])).reshape(*shape[:3], *truth.shape[2:], 3)
+               for images in (truth, *models)]
+    size = truth.shape[-1]
+    gap = np.full((size, 4, 3), 255, np.uint8)
+    rows = []
+    for probe in range(len(EXPRESSION_PROBES)):
+        for head in range(min(heads, columns[0].shape[2])):
+            tiles = []
+            for column in columns:
+                tiles += [column[probe, 0, head], column[probe, 1, head], gap]
+            rows.append(np.concatenate(tiles[:-1], 1))
+    return np.concatenate(rows, 0)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.world_report", description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", metavar="[LABEL=]MODEL",
@@ -113,10 +132,11 @@ def main(argv=None) -> int:
         truth = GroundTruth(first.img_resolution, neural)
         data = evaluation_set(truth, args.heads, YAWS, args.seed, probe_heads=8)
         lpips = LPIPS("vgg")
-        report, fits = {"heads": args.heads, "yaws": list(YAWS), "seed": args.seed, "models": {}}, []
+        report, fits, probes = {"heads": args.heads, "yaws": list(YAWS), "seed": args.seed, "models": {}}, [], []
         for name, G in tqdm(models.items(), desc="fidelity"):
-            report["models"][name], images = fidelity(G, data, lpips)
+            report["models"][name], images, probe = fidelity(G, data, lpips)
             fits.append(images)
+            probes.append(probe)
         report["dlib_detection"] = detection_rates(models, truth, args.detections, seed=4321)
     except EditkitError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
@@ -125,8 +145,11 @@ def main(argv=None) -> int:
     atomic_write(args.out / "world_report.json", lambda tmp: tmp.write_text(text), force=True)
     sheet = sample_sheet(data["image"], fits, args.heads)
     atomic_write(args.out / "samples.png", lambda tmp: Image.fromarray(sheet).save(tmp, format="png"), force=True)
+    sheet = expression_sheet(data["probe_image"], probes)
+    atomic_write(args.out / "expressions.png", lambda tmp: Image.fromarray(sheet).save(tmp, format="png"),
+                 force=True)
     print(text)
-    print(f"wrote {args.out / 'world_report.json'} and {args.out / 'samples.png'}")
+    print(f"wrote {args.out / 'world_report.json'}, {args.out / 'samples.png'} and {args.out / 'expressions.png'}")
     return 0
 
 
