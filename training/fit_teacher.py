@@ -16,9 +16,11 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
 - LPIPS on the image: the only loss term that brought out eyes, nose and lips in earlier attempts;
 - a learned plane offset (`TriPlaneGenerator(plane_offset=True)`, its own learning rate): the backbone alone
   learned no facial features in 1844 steps; with the offset dlib finds faces in most renders after 200 steps;
-- a feature-weighted image term (`feature_weight`): L1 inside Gaussian blobs around the brow, eye, nose and mouth
-  landmarks (and the chin); with the whole-image losses alone the teacher drew one generic face and no expressions (the features
-  are a few percent of the pixels);
+- for expressions (the offset is the same for every head, and the teacher drew one face for every latent): a plane
+  basis mixed by w - w_avg (`--config basis`, its own `basis_lr`); a feature-weighted image term
+  (`feature_weight`: L1 inside blobs around the chin, brow, eye, nose and mouth landmarks, a few percent of the
+  pixels otherwise); expression pairs (`pair_weight`: batches of heads repeated with new expression latents, the
+  teacher's change within each pair against the truth's);
 - an EMA copy of the weights is evaluated and exported; the evaluation also measures how well the teacher follows
   its expression latents (`expression_response`).
 A run stops after `--minutes`, saving its state; the same command continues it.
