@@ -268,3 +268,19 @@ def test_eval_cli_on_random_generators_counts_missing_faces(tiny_eg3d, tmp_path,
     assert cli.main(args) == 2 and "already exists" in capsys.readouterr().err
     same = ["eval", "--models", f"{paths[1]},G_ema={paths[0]}", "--out", str(tmp_path / "other")]
     assert cli.main(same) == 2 and "same label" in capsys.readouterr().err
+
+
+def test_generator_images_reach_dlib_as_the_faces_they_are(renderer):
+    """to_uint8 of (N, 3, H, W) renders is C-contiguous: dlib misreads strided views (it found 1 face in 20)."""
+    import dlib
+
+    from editkit.evaluation import to_uint8
+
+    detector = dlib.get_frontal_face_detector()
+    heads = sample_params(np.random.default_rng(7), 3)
+    views = [shoot(renderer, head, yaw)[0] for head, yaw in zip(heads, (-30, 0, 30))]
+    batch = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1  # as rendered
+    images = to_uint8(batch)
+    assert images.flags.c_contiguous and all(image.flags.c_contiguous for image in images)
+    np.testing.assert_array_equal(images, np.stack(views))
+    assert all(len(detector(image, 1)) == 1 for image in images)
