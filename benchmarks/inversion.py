@@ -8,8 +8,7 @@ Without models it times random networks of the demo configurations (training/fit
 weights inverts through) and its default student: speed does not depend on the weights. Reported per
 configuration: median and range of wall time and of process CPU time per step; the generator alone (forward +
 backward with respect to ws) and the loss network alone (forward + backward with respect to the image) are timed
-the same way. Configurations are
-interleaved (round robin) so that load from other processes hits them alike.
+the same way. Configurations are interleaved (round robin) so that load from other processes hits them alike.
 """
 
 import argparse

@@ -63,9 +63,9 @@ CONFIGS = {
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6, plane_offset=True, plane_basis=4, plane_basis_resolution=16),
 }
-DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, seed=0, lpips="vgg", lpips_weight=0.3,
-                lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0, density_reg=0.25,
-                ema_beta=0.998, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0)
+DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, seed=0, lpips="vgg",
+                lpips_weight=0.3, lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0,
+                density_reg=0.25, ema_beta=0.998, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
 ADJUSTABLE = ("lr", "offset_lr", "basis_lr")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -76,20 +76,6 @@ FEATURE_SIGMA = 0.04
 # expression latents probed by the evaluation: (name, latent index), each moved from EXPRESSION_LOW to _HIGH
 EXPRESSION_PROBES, EXPRESSION_LOW, EXPRESSION_HIGH = (("smile", SMILE), ("jaw_open", SPARSE)), -2.0, 2.5
 EXPRESSION_LATENTS = slice(SMILE, APPEARANCE)  # smile, blink, the sparse units, gaze
-
-
-def sample_batch(generator: torch.Generator, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents and cameras of one step. With `pair_weight`, the second half of the batch repeats the first half's
-    heads and cameras with their expression latents drawn anew: pairs that differ only in expression."""
-    n = settings["batch"]
-    z = torch.randn(n, LATENT_SIZE, generator=generator)
-    labels = sample_cameras(generator, n, settings["yaw_range"], settings["pitch_std"])
-    if settings["pair_weight"] > 0:
-        half = n // 2
-        z[half:2 * half] = z[:half]
-        z[half:2 * half, EXPRESSION_LATENTS] = torch.randn(half, APPEARANCE - SMILE, generator=generator)
-        labels[half:2 * half] = labels[:half]
-    return z, labels
 
 
 def teacher_kwargs(config: dict) -> dict:
@@ -121,6 +107,20 @@ def sample_cameras(generator: torch.Generator, n: int, yaw_range: float, pitch_s
     yaw = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * yaw_range
     pitch = torch.randn(n, generator=generator, dtype=torch.float64).clamp(-2.5, 2.5) * pitch_std
     return cameras.make_label(yaw, pitch).float()
+
+
+def sample_batch(generator: torch.Generator, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents and cameras of one step. With `pair_weight`, the second half of the batch repeats the first half's
+    heads and cameras with their expression latents drawn anew: pairs that differ only in expression."""
+    n = settings["batch"]
+    z = torch.randn(n, LATENT_SIZE, generator=generator)
+    labels = sample_cameras(generator, n, settings["yaw_range"], settings["pitch_std"])
+    if settings["pair_weight"] > 0:
+        half = n // 2
+        z[half:2 * half] = z[:half]
+        z[half:2 * half, EXPRESSION_LATENTS] = torch.randn(half, APPEARANCE - SMILE, generator=generator)
+        labels[half:2 * half] = labels[:half]
+    return z, labels
 
 
 def feature_map(landmarks: torch.Tensor, resolution: int) -> torch.Tensor:
