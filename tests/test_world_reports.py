@@ -12,6 +12,7 @@ from PIL import Image
 from editkit.checkpoints import load_generator, save_model
 from editkit.editing import save_direction
 from editkit.editing.supervised import fit_direction, sample_latents
+from editkit.latents import camera_record, model_record, write_latent
 from editkit.models.student import Student
 from training import edit_report, pose_bias, world_report
 from training.fit_teacher import CONFIGS, build_teacher
@@ -129,21 +130,34 @@ def test_edit_report_end_to_end(world_models, tmp_path, capsys):
     z, ws = sample_latents(G, 200, seed=5)
     labels = params_from_z(z)[:, HeadParams.index("skin_tone")]
     path = save_direction(tmp_path / "skin_tone.npy", fit_direction(ws, labels, "skin_tone"))
+    photos = tmp_path / "inverted"  # as `editkit invert` writes them: one folder per photo
+    for k, name in enumerate(["anna", "ben", "cleo"]):
+        write_latent(photos / name, torch.from_numpy(ws[k:k + 1]), {"model": model_record(student),
+                                                                    "camera": camera_record(10.0, 0.0)})
     out = tmp_path / "edits"
     args = ["--model", str(teacher), "--student", f"small={student}", "--direction", str(path), "--out", str(out),
-            "--train", "12", "--heldout", "4", "--latents", "2", "--strengths", "-1", "1"]
+            "--train", "12", "--heldout", "4", "--latents", "2", "--strengths", "-1", "1", "--photos", str(photos)]
     assert edit_report.main(args) == 0
     report = json.loads((out / "edit_report.json").read_text())
-    assert list(report["models"]) == ["teacher", "small"]
-    for model in report["models"].values():
+    assert list(report["models"]) == ["teacher", "small"] and list(report["photos"]["models"]) == ["teacher", "small"]
+    assert report["photos"]["latents"] == ["anna", "ben", "cleo"]
+    for model, photo_model in zip(report["models"].values(), report["photos"]["models"].values()):
         assert set(model["probe_r2"]) == set(edit_report.TARGETS)
-        per_yaw = model["directions"]["skin_tone"]
-        assert set(per_yaw) == {"+0", "-30", "+30"}
+        per_yaw, photo_per_yaw = model["directions"]["skin_tone"], photo_model["directions"]["skin_tone"]
+        assert set(per_yaw) == set(photo_per_yaw) == {"+0", "-30", "+30"}
         assert per_yaw["+0"]["images"] == 2 * 3 and isinstance(per_yaw["+0"]["own_slope"], float)
+        assert photo_per_yaw["+0"]["images"] == 3 * 3 and isinstance(photo_per_yaw["+0"]["own_slope"], float)
     grid = Image.open(out / "edit_grid.png")
     assert grid.size[1] == 28 + 128 and grid.size[0] == 80 + 2 * 3 * 128 + 8  # one direction; 3 strengths x 2 models
+    assert Image.open(out / "photo_grid.png").size == grid.size
     table = capsys.readouterr().out
     assert "| teacher | skin_tone |" in table and "| small | skin_tone |" in table
+    assert "Inverted photos (anna, ben, cleo)" in table
+    stranger = tmp_path / "stranger"  # a latent of a model outside the measured w space is refused
+    write_latent(stranger, torch.from_numpy(ws[:1]), {"model": {"name": "other", "sha256": "0" * 64},
+                                                      "camera": camera_record(0.0, 0.0)})
+    assert edit_report.main(args[:-1] + [str(stranger), "--force"]) == 2
+    assert "does not share the w space" in capsys.readouterr().err
     assert edit_report.main(args) == 2  # outputs exist: --force needed
     assert "--force" in capsys.readouterr().err
     assert edit_report.main(["--model", str(teacher), "--attrs", "nosuch", "--out", str(tmp_path / "x")]) == 2

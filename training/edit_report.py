@@ -19,8 +19,12 @@ but not for edited latents, so the edits are measured with probes calibrated on 
    score's slope (editkit.attributes) and the change of the camera estimated from the landmarks (editkit.faces;
    the edit keeps the camera, so any change is the estimator reacting to the edit), with how many images had a face.
 
+3. Inverted photos (--photos): the same measures on the latents `editkit invert` made of photos, where no truth
+   is known: the probes and dlib's landmark scores read the edited renders.
+
 Writes DIR/edit_report.json (every number), DIR/edit_grid.png (rows: directions, columns: strengths; one latent at
-yaw 0; model then student side by side) and prints Markdown tables.
+yaw 0; model then student side by side; with --photos also DIR/photo_grid.png, the first photo) and prints Markdown
+tables.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from editkit.editing.render import render_images
 from editkit.editing.supervised import sample_latents
 from editkit.errors import EditkitError, one_line
 from editkit.io import atomic_write, check_outputs, output_group
+from editkit.latents import LATENT, LatentError, check_model, read_latent
 from editkit.metrics import identity
 from training.make_directions import DERIVED, PARTS, world_labels
 from training.synthetic.head_model import PARAM_NAMES
@@ -331,17 +336,18 @@ def fmt(value, digits: int = 2, sign: str = "+") -> str:
     return "n/a" if value is None else f"{value:{sign}.{digits}f}"
 
 
-def markdown(report: dict) -> str:
-    """The table of the yaw-0 numbers (and the pose check over all yaws), one row per model and direction."""
+def markdown(models: dict, directions: dict) -> str:
+    """The table of the yaw-0 numbers (and the pose check over all yaws), one row per model and direction;
+    models: report["models"] or report["photos"]["models"]."""
     lines = ["| model | direction | probe R^2 | own change per unit (w-fit expectation) | largest other change | "
              "identity params moved at max (between heads) | dlib faces | dlib distance at max (same person) | "
              "landmark score slope | camera change (deg) |", "|---" * 10 + "|"]
     first = f"{EDIT_YAWS[0]:+.0f}"
-    for name, model in report["models"].items():
+    for name, model in models.items():
         between = model["descriptor_distance_between_heads"][first]
         for attribute, per_yaw in model["directions"].items():
             row = per_yaw[first]
-            expected = report["directions"][attribute]["expected_slope"]
+            expected = directions[attribute]["expected_slope"]
             faces = sum(r["faces_found"] for r in per_yaw.values())
             images = sum(r["images"] for r in per_yaw.values())
             pose = {k: mean_or_none([r.get(f"{k}_change_deg") for r in per_yaw.values()]) for k in ("yaw", "pitch")}
@@ -378,6 +384,29 @@ def expected_slope(direction: Direction) -> float | None:
     return round(rho / spread, 3) if rho is not None and spread else None
 
 
+def photo_latents(paths, models: list[str], num_ws: int, w_dim: int) -> tuple[list[str], torch.Tensor]:
+    """(names, ws (P, num_ws, w_dim)) of inverted photos: latent files of `editkit invert`, or folders searched for
+    them; each must belong to one of `models` or a registered model sharing their w space, in its current version."""
+    files = []
+    for path in map(Path, paths):
+        files += sorted(path.rglob(LATENT)) if path.is_dir() else [path]
+    if not files:
+        raise LatentError(f"no {LATENT} under {', '.join(map(str, paths))}: run `editkit invert PHOTOS --out DIR`")
+    allowed = {name for model in models for name in registry.related_models(model)}
+    names, ws = [], []
+    for file in files:
+        w, meta = read_latent(file)
+        if meta["model"]["name"] not in allowed:
+            raise LatentError(f"{file}: made with '{meta['model']['name']}', which does not share the w space of "
+                              f"{', '.join(models)}")
+        check_model(meta, file)
+        if w.shape[1:] != (num_ws, w_dim):
+            raise LatentError(f"{file}: latent shape {tuple(w.shape)} does not fit (num_ws {num_ws}, w_dim {w_dim})")
+        names.append(file.parent.name if file.name == LATENT else file.stem)
+        ws.append(w)
+    return names, torch.cat(ws)
+
+
 def pick_directions(model: str, names, files, num_ws: int, w_dim: int) -> list:
     """The shipped directions of `model` (or those named), plus direction files; each must name a world attribute."""
     directions = ([registry.find_shipped(n, model, num_ws, w_dim) for n in names] if names
@@ -410,6 +439,8 @@ def parse_args(argv):
     parser.add_argument("--train", type=int, default=600, help="probe training images (default %(default)s)")
     parser.add_argument("--heldout", type=int, default=200, help="probe held-out images (default %(default)s)")
     parser.add_argument("--latents", type=int, default=12, help="latents edited (default %(default)s)")
+    parser.add_argument("--photos", nargs="+", type=Path, metavar="LATENT_OR_DIR",
+                        help="also edit these inverted photos (`editkit invert` outputs; folders are searched)")
     parser.add_argument("--strengths", type=float, nargs="+", default=[-2.0, -1.0, 1.0, 2.0],
                         help="edit strengths; 0 is always added (default: -2 -1 1 2)")
     parser.add_argument("--truncation", type=float, default=0.7, help="psi of the edited latents (default 0.7)")
@@ -423,6 +454,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     paths = {"json": args.out / "edit_report.json", "grid": args.out / "edit_grid.png"}
+    if args.photos:
+        paths["photo_grid"] = args.out / "photo_grid.png"
     strengths = np.array(sorted({0.0, *args.strengths}))
     try:
         check_outputs(paths.values(), args.force)
@@ -430,15 +463,19 @@ def main(argv=None) -> int:
             raise EditkitError("need --train >= 10, --heldout >= 2, --latents >= 2 and a non-zero strength")
         label, model = named_model(args.model)
         models = {label: load_generator(model)}
+        model_names = [model]
         if args.student:
             student_label, student = named_model(args.student)
             models[student_label] = load_generator(student)
+            model_names.append(student)
         for name, G in models.items():
             if G.z_dim != LATENT_SIZE:
                 raise EditkitError(f"{name}: z_dim {G.z_dim} is not the demo world's ({LATENT_SIZE}); edit_report "
                                    "measures demo-world generators only")
         G = models[label]
         directions = pick_directions(model, args.attrs, args.direction, G.num_ws, G.w_dim)
+        photo_names, photo_ws = (photo_latents(args.photos, model_names, G.num_ws, G.w_dim) if args.photos
+                                 else ([], None))
         features, faces = AlexFeatures(), Faces()
         # the first model's mapping makes every latent (a student shares its teacher's w space)
         z, probe_ws = sample_latents(G, args.train + args.heldout, args.seed, truncation_psi=1.0)
@@ -453,24 +490,35 @@ def main(argv=None) -> int:
                   "directions": {d.attribute: {"method": d.method, "expected_slope": expected_slope(d)}
                                  for d in directions},
                   "models": {}}
-        grids = {}
+        if args.photos:
+            report["photos"] = {"latents": photo_names, "models": {}}
+        grids, photo_grids = {}, {}
         for name, generator in models.items():
             probe, r2 = fit_probes(generator, z, probe_ws, args.train, features)
-            numbers, grids[name] = measure_model(generator, name, ws, directions, strengths, probe, r2, features, faces,
-                                                 args.min_r2)
+            measure = [directions, strengths, probe, r2, features, faces, args.min_r2]
+            numbers, grids[name] = measure_model(generator, name, ws, *measure)
             report["models"][name] = {"probe_r2": r2, **numbers}
+            if args.photos:
+                numbers, photo_grids[name] = measure_model(generator, f"{name}, photos", photo_ws, *measure)
+                report["photos"]["models"][name] = {"probe_r2": r2, **numbers}
     except EditkitError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2) + "\n"
-    picture = grid_image(grids, [d.attribute for d in directions], strengths)
+    labels = [d.attribute for d in directions]
+    pictures = {"grid": grid_image(grids, labels, strengths)}
+    if args.photos:
+        pictures["photo_grid"] = grid_image(photo_grids, labels, strengths)
     with output_group():
         atomic_write(paths["json"], lambda tmp: tmp.write_text(text), force=args.force)
-        atomic_write(paths["grid"], lambda tmp: picture.save(tmp, format="png", optimize=True),
-                     force=args.force)
+        for kind, picture in pictures.items():
+            atomic_write(paths[kind], lambda tmp: picture.save(tmp, format="png", optimize=True), force=args.force)
     print(probe_table(report), end="\n\n")
-    print(markdown(report))
-    print(f"wrote {paths['json']} and {paths['grid']}")
+    print(markdown(report["models"], report["directions"]))
+    if args.photos:
+        print(f"\nInverted photos ({', '.join(photo_names)}):\n")
+        print(markdown(report["photos"]["models"], report["directions"]))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
 
