@@ -84,6 +84,13 @@ def check_model(meta: dict, source) -> None:
                           f"{model['sha256'][:12]}...); invert the photo again with the current model")
 
 
+def check_fits(ws: torch.Tensor, source, name: str, G) -> None:
+    """Refuse a latent whose (num_ws, w_dim) differs from generator G's (named `name` in the message)."""
+    if ws.shape[1:] != (G.num_ws, G.w_dim):
+        raise LatentError(f"{source}: latent shape {tuple(ws.shape)} does not fit '{name}' "
+                          f"(num_ws {G.num_ws}, w_dim {G.w_dim})")
+
+
 def write_latent(folder, ws: torch.Tensor, record: dict, force: bool = False) -> list[Path]:
     """Write `latent.npy` and `latent.json` into `folder`, both or neither; no overwrite unless `force`."""
     folder = Path(folder)

@@ -49,7 +49,7 @@ from editkit.editing.render import render_images
 from editkit.editing.supervised import sample_latents
 from editkit.errors import EditkitError, one_line
 from editkit.io import atomic_write, check_outputs, output_group
-from editkit.latents import LATENT, LatentError, check_model, read_latent
+from editkit.latents import LATENT, LatentError, check_fits, check_model, read_latent
 from editkit.metrics import identity
 from training.make_directions import DERIVED, PARTS, world_labels
 from training.synthetic.head_model import PARAM_NAMES
@@ -384,9 +384,10 @@ def expected_slope(direction: Direction) -> float | None:
     return round(rho / spread, 3) if rho is not None and spread else None
 
 
-def photo_latents(paths, models: list[str], num_ws: int, w_dim: int) -> tuple[list[str], torch.Tensor]:
+def photo_latents(paths, models: list[str], G) -> tuple[list[str], torch.Tensor]:
     """(names, ws (P, num_ws, w_dim)) of inverted photos: latent files of `editkit invert`, or folders searched for
-    them; each must belong to one of `models` or a registered model sharing their w space, in its current version."""
+    them; each must belong to one of `models` (the first is G) or a registered model sharing their w space, in its
+    current version."""
     files = []
     for path in map(Path, paths):
         files += sorted(path.rglob(LATENT)) if path.is_dir() else [path]
@@ -400,8 +401,7 @@ def photo_latents(paths, models: list[str], num_ws: int, w_dim: int) -> tuple[li
             raise LatentError(f"{file}: made with '{meta['model']['name']}', which does not share the w space of "
                               f"{', '.join(models)}")
         check_model(meta, file)
-        if w.shape[1:] != (num_ws, w_dim):
-            raise LatentError(f"{file}: latent shape {tuple(w.shape)} does not fit (num_ws {num_ws}, w_dim {w_dim})")
+        check_fits(w, file, models[0], G)
         names.append(file.parent.name if file.name == LATENT else file.stem)
         ws.append(w)
     return names, torch.cat(ws)
@@ -474,7 +474,7 @@ def main(argv=None) -> int:
                                    "measures demo-world generators only")
         G = models[label]
         directions = pick_directions(model, args.attrs, args.direction, G.num_ws, G.w_dim)
-        photo_names, photo_ws = (photo_latents(args.photos, model_names, G.num_ws, G.w_dim) if args.photos
+        photo_names, photo_ws = (photo_latents(args.photos, model_names, G) if args.photos
                                  else ([], None))
         features, faces = AlexFeatures(), Faces()
         # the first model's mapping makes every latent (a student shares its teacher's w space)

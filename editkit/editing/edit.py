@@ -23,8 +23,8 @@ from editkit.editing.directions import Direction, apply_edits, load_direction, p
 from editkit.editing.render import grid, render_images, save_gif, save_mp4, save_png
 from editkit.errors import EditkitError
 from editkit.io import check_outputs, output_group
-from editkit.latents import LATENT, LATENT_JSON, LatentError, camera_record, check_model, latent_paths, read_latent, \
-    write_latent
+from editkit.latents import LATENT, LATENT_JSON, LatentError, camera_record, check_fits, check_model, latent_paths, \
+    read_latent, write_latent
 
 GRID_FACTORS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_YAWS = (-30.0, -15.0, 0.0, 15.0, 30.0)
@@ -104,9 +104,7 @@ def run_edit(source, specs: list[EditSpec], out, yaw=None, pitch=None, orbit=Fal
     check_model(meta, source)
     name = generator_name(meta, generator)
     G = checkpoints.load_generator(name)
-    if ws.shape[1:] != (G.num_ws, G.w_dim):
-        raise LatentError(f"{source}: latent shape {tuple(ws.shape)} does not fit '{name}' "
-                          f"(num_ws {G.num_ws}, w_dim {G.w_dim})")
+    check_fits(ws, source, name, G)
     layer_list = None if layers is None else parse_layers(layers, G.num_ws)
     edits = resolve_edits(specs, meta["model"]["name"], G.num_ws, G.w_dim, layer_list, keep)
     yaw = float(meta["camera"]["yaw"] if yaw is None else yaw)
