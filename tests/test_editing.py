@@ -333,6 +333,14 @@ def test_edit_cli_errors_are_one_line(workspace, capsys):
     assert main(["edit", str(workspace["latent"]), "--attr", "smile", "--out", str(tmp / "o")]) == 2
     assert "another version of model 'tiny'" in capsys.readouterr().err
     assert main(["edit", str(tmp / "nowhere"), "--attr", "smile", "--out", str(tmp / "o")]) == 2
+    assert "no such latent file" in capsys.readouterr().err
+    short = tmp / "short"  # a latent with fewer layers than the generator's
+    short.mkdir()
+    np.save(short / "latent.npy", workspace["ws"].numpy()[:, :2])
+    (short / "latent.json").write_text(json.dumps(meta))
+    assert main(["edit", str(short), "--attr", "smile", "--out", str(tmp / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "latent shape (1, 2, " in err and "does not fit 'tiny'" in err and err.count("\n") == 1
     assert not (tmp / "o").exists()
 
 
