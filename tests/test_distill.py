@@ -22,7 +22,9 @@ from safetensors.torch import load_file
 from editkit import cameras, checkpoints
 from editkit.models.student import Student
 from training.distill.__main__ import main
-from training.distill.data import DatasetError, RealImages
+from editkit.editing.directions import Direction, save_direction
+from training.distill.data import DatasetError, RealImages, TeacherSampler, edit_pairs, load_pair_directions
+from training.distill.losses import change_loss
 from training.distill.loop import ema_decay
 from training.state import state_files
 
@@ -167,6 +169,44 @@ def test_stage1_lowers_its_loss_and_writes_samples_and_the_student(teacher_file,
     assert provenance["training"]["steps"] == 10 and provenance["metrics"]["g_loss"] == g_loss[-1]
 
 
+def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tiny_eg3d, tmp_path):
+    G = tiny_eg3d["G_ema"]
+    vector = np.random.default_rng(0).standard_normal((1, G.w_dim)).astype(np.float32)
+    folder = tmp_path / "directions"
+    save_direction(folder / "a.npy", Direction(vector / np.linalg.norm(vector), "a", "test"))
+    save_direction(folder / "b.npy", Direction(-vector / np.linalg.norm(vector), "b", "test"))
+    directions = load_pair_directions([folder], G.num_ws, G.w_dim)
+    assert directions.shape == (2, G.num_ws, G.w_dim)
+    ws, c = torch.randn(5, G.num_ws, G.w_dim), cameras.make_label([-20.0, 0, 10, 20, 30], 5.0).float()
+    paired, paired_c = edit_pairs(ws, c, directions, 2.0, torch.Generator().manual_seed(0))
+    assert torch.equal(paired_c[:2], paired_c[2:4]) and torch.equal(paired[:2], ws[:2])
+    assert torch.equal(paired[4], ws[4])  # the odd one out
+    moved = paired[2:4] - ws[:2]
+    along = (moved * directions[0]).sum((1, 2)) / directions[0].pow(2).sum()
+    torch.testing.assert_close(moved, along[:, None, None] * directions[0])  # along the direction (a or -a)
+    assert (along.abs() <= 2.0).all() and (along != 0).all()
+    # both halves of a pair see the same ray offsets: an unedited pair renders identically
+    sampler = TeacherSampler(G)
+    same = torch.cat([ws[:2], ws[:2]])
+    images = sampler.render_pairs(same, paired_c[:4], seed=3)
+    torch.testing.assert_close(images[:2], images[2:], rtol=0, atol=1e-5)
+    torch.manual_seed(3)
+    assert (sampler.render(same, paired_c[:4])[:2] - images[2:]).abs().max() > 1e-3  # what one batch would give
+    target = torch.randn(4, 3, 8, 8)
+    assert change_loss(target, target, paired_c[:4]) == 0
+    assert change_loss(target + torch.randn_like(target), target, paired_c[:4]) > 0
+    apart = paired_c[:4].clone()
+    apart[2] = apart[3]  # the first pair's cameras differ (stage 2's real images): left out
+    shifted = target.clone()
+    shifted[0] += 1
+    assert change_loss(shifted, target, apart) == 0
+    out = tmp_path / "run"
+    argv = ["--teacher", str(teacher_file), "--out", str(out), "--stage", "1", "--batch", "2", "--steps", "2",
+            "--lpips-weight", "0", "--log-every", "1", "--sample-every", "0", "--edit-pairs", str(folder)]
+    assert main(argv) == 0
+    assert len(losses(out, "pairs")) == 2 and all(v > 0 for v in losses(out, "pairs"))
+
+
 def test_ema_ramp_forgets_the_initial_weights_of_a_short_run():
     # share of the initial weights left in the EMA after n steps: the product of the decays
     left = np.cumprod([ema_decay(step, 0.999) for step in range(20000)])
@@ -213,7 +253,10 @@ def test_cli_reports_user_errors_in_one_line(teacher_file, tmp_path, capsys):
              (["--stage", "1", "--real", str(tmp_path)], "stage 1 learns from the teacher only"),
              (["--stage", "2", "--real", str(tmp_path / "nothing")], "no such folder"),
              (["--stage", "2", "--real-ratio", "0", "--batch", "6"], "minibatch-std group size 4"),
-             (["--student", str(teacher_file), "--warm-start", str(teacher_file)], "not both")]
+             (["--student", str(teacher_file), "--warm-start", str(teacher_file)], "not both"),
+             (["--edit-pairs", str(tmp_path), "--batch", "1"], "needs --batch 2"),
+             (["--edit-pairs", str(tmp_path)], "no direction files"),
+             (["--edit-pairs", str(teacher_file)], "refused without reading it")]
     for options, message in cases:
         assert main(base + options) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -19,6 +19,8 @@ from editkit.errors import EditkitError
 from training.fit_teacher import (CONFIGS, DEFAULTS, GroundTruth, build_teacher, evaluate, evaluation_set,
                                   init_weights, run, settings_for)
 from training.state import state_files
+from training.synthetic.head_model import EXPRESSION_UNITS, HeadParams
+from training.synthetic.latent import BLINK, LATENT_SIZE, SPARSE, SPARSE_UNITS, params_from_z
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -166,7 +168,7 @@ def test_expression_response_is_one_for_the_truth_and_zero_for_a_generator_that_
 
 
 def test_pairs_differ_only_in_expression_and_their_loss_term_trains():
-    settings = {**TINY, "batch": 4, "pair_weight": 1.0}
+    settings = {**TINY, "batch": 4, "pair_weight": 1.0, "outline_weight": 1.0}
     z, labels = fit_teacher.sample_batch(torch.Generator().manual_seed(0), settings)
     expression = fit_teacher.EXPRESSION_LATENTS
     others = torch.ones(z.shape[1], dtype=torch.bool)
@@ -177,9 +179,33 @@ def test_pairs_differ_only_in_expression_and_their_loss_term_trains():
     G = build_teacher(CONFIGS["tiny"])
     truth = GroundTruth(128, 16)(z, labels)
     terms = fit_teacher.fit_losses(G, None, truth, z, labels, settings, torch.Generator().manual_seed(1), step=0)
-    assert terms["pairs"] > 0
+    assert terms["pairs"] > 0 and terms["outline"] > 0
     terms["pairs"].backward()
     assert G.plane_basis.grad.abs().sum() > 0  # the expression change reaches the per-head plane basis
+
+
+def test_emphasis_makes_each_picked_head_show_one_rare_expression():
+    z = torch.randn(300, LATENT_SIZE, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fit_teacher.emphasise_rare_expressions(z, 0.0, torch.Generator()), z)
+    emphasised = fit_teacher.emphasise_rare_expressions(z, 1.0, torch.Generator().manual_seed(1))
+    changed = (emphasised != z).nonzero()
+    assert changed[:, 0].tolist() == list(range(len(z)))  # one latent per head
+    rare = dict(fit_teacher.RARE_EXPRESSIONS)
+    assert set(changed[:, 1].tolist()) == set(rare)  # every rare expression, none else
+    units = {BLINK: "blink_l", **{SPARSE + k: name for k, (name, _, _) in enumerate(SPARSE_UNITS)}}
+    shown = params_from_z(emphasised.numpy())[:, HeadParams.expression]
+    for head, latent in changed.tolist():
+        assert shown[head, list(EXPRESSION_UNITS).index(units[latent])] > 0, (head, units[latent])
+    before = params_from_z(z.numpy())[:, HeadParams.expression]
+    assert (before[:, list(EXPRESSION_UNITS).index("blink_l")] > 0).mean() < 0.15  # rare without the emphasis
+
+
+def test_outline_marks_the_pixels_near_the_masks_edge():
+    mask = torch.zeros(1, 1, 20, 20)
+    mask[..., 5:15, 5:15] = 1
+    outline = fit_teacher.outline_map(mask, pixels=2)
+    across = outline[0, 0, 10].tolist()  # across the square's middle
+    assert across == [0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0]
 
 
 def test_the_plane_basis_leaves_the_average_head_alone():

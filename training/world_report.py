@@ -6,8 +6,9 @@ compared with the renderer's image of the head that z decodes to, at the same ca
 DIR/expressions.png (per expression probe and head: the ground truth low and high, then each model's):
 - image PSNR and LPIPS (VGG) at the output size for held-out heads at yaw -35..35 deg (pitch 0), and, for models
   that render depth (the teacher), the depth error inside the head mask (scene units);
-- whether expressions show: for the smile and jaw-open latents, the cosine between the model's and the truth's image
-  change from low to high on 8 of those heads seen from the front (`fit_teacher.expression_response`);
+- whether expressions show: for the smile, jaw-open, blink and brow-raise latents, the cosine between the model's
+  and the truth's image change from low to high on 8 of those heads seen from the front
+  (`fit_teacher.expression_response`);
 - how often dlib's HOG detector finds a face in renders of random latents at yaw -30, 0 and 30 deg, for each model
   and for the ground truth at the same latents.
 """

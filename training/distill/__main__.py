@@ -2,6 +2,9 @@
 
     # stage 1: reconstruction of teacher renders (w from the teacher's mapping, wide pose distribution)
     python -m training.distill --teacher demo-teacher --stage 1 --out runs/s1 --steps 20000
+    # ... also scoring how the student follows the teacher along the shipped edit directions
+    python -m training.distill --teacher demo-teacher --stage 1 --out runs/s1 \
+        --edit-pairs checkpoints/directions/demo-teacher
     # stage 2: reconstruction + adversarial; the discriminator's real set mixes real images and teacher renders
     python -m training.distill --teacher demo-teacher --stage 2 --student runs/s1/student.safetensors \
         --real data/demo128 --real-ratio 0.5 --out runs/s2 --minutes 60
@@ -48,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--yaw-range", type=float, default=45.0, help="teacher cameras: yaw uniform in +-this (deg)")
     data.add_argument("--pitch-range", type=float, default=20.0, help="teacher cameras: pitch uniform in +-this")
     data.add_argument("--truncation", type=float, default=1.0, help="truncation psi of the teacher's w")
+    data.add_argument("--edit-pairs", nargs="+", metavar="DIRECTION",
+                      help="distill: direction files (.npy) or folders of them; half of each batch repeats the other "
+                           "half's cameras with w moved along one of them, and --pair-weight scores the student's "
+                           "image change against the teacher's (what editing through the student relies on)")
+    data.add_argument("--pair-strength", type=float, default=2.0,
+                      help="edit pairs: strengths uniform in +-this (x the direction's own scale)")
     data.add_argument("--raw-resolution", type=int,
                       help="size of the discriminator's image_raw copy (default: the teacher's neural rendering)")
     loss = parser.add_argument_group("losses and optimisation")
@@ -58,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--lpips-weight", type=float, default=1.0, help="0 trains without the perceptual loss")
     loss.add_argument("--lpips-net", choices=["vgg", "alex"], default="vgg")
     loss.add_argument("--lpips-resolution", type=int, default=256, help="LPIPS on images resized to at most this")
+    loss.add_argument("--pair-weight", type=float, default=4.0,
+                      help="with --edit-pairs: weight of the L1 between the student's and the teacher's change")
     loss.add_argument("--adv-weight", type=float, default=0.1, help="stage 2: weight of the generator's GAN loss")
     loss.add_argument("--r1-gamma", type=float, default=1.0, help="R1 weight (0 disables)")
     loss.add_argument("--r1-interval", type=int, default=4, help="R1 every this many steps (lazy regularisation)")

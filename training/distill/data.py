@@ -51,6 +51,45 @@ class TeacherSampler:
         """The teacher's final image (N, 3, R, R) for ws from cameras c (draws from torch's default generator)."""
         return self.G.synthesis(ws, c.to(self.device), noise_mode="const")["image"]
 
+    @torch.no_grad()
+    def render_pairs(self, ws: torch.Tensor, c: torch.Tensor, seed: int) -> torch.Tensor:
+        """`render` for a batch of edit pairs (`edit_pairs`): both halves are drawn with the same ray offsets, so
+        the volume renderer's sampling noise is not part of a pair's change."""
+        half = len(ws) // 2
+        images = []
+        for part in (slice(0, half), slice(half, 2 * half), slice(2 * half, len(ws))):
+            if part.stop > part.start:
+                torch.manual_seed(seed)
+                images.append(self.render(ws[part], c[part]))
+        return torch.cat(images)
+
+
+def load_pair_directions(paths, num_ws: int, w_dim: int) -> torch.Tensor:
+    """(K, num_ws, w_dim) float32: the direction files among `paths` (files or folders of .npy files), each checked
+    against the teacher's w shape (editkit.editing.load_direction) and expanded to W+."""
+    from editkit.editing.directions import expand, load_direction
+
+    files = []
+    for path in map(Path, paths):
+        files += sorted(path.glob("*.npy")) if path.is_dir() else [path]
+    if not files:
+        raise EditkitError(f"--edit-pairs {' '.join(map(str, paths))}: no direction files (.npy) there")
+    vectors = [expand(load_direction(f, num_ws, w_dim).vector, num_ws) for f in files]
+    return torch.from_numpy(np.stack(vectors))
+
+
+def edit_pairs(ws: torch.Tensor, c: torch.Tensor, directions: torch.Tensor, strength: float,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch as pairs: item i + n/2 is item i (same camera) moved along a random direction by a strength
+    uniform in +-`strength`. (An odd last item stays as it is.)"""
+    half = len(ws) // 2
+    pick = torch.randint(len(directions), (half,), generator=generator)
+    s = (torch.rand(half, generator=generator) * 2 - 1) * strength
+    ws, c = ws.clone(), c.clone()
+    ws[half:2 * half] = ws[:half] + s[:, None, None].to(ws) * directions[pick].to(ws)
+    c[half:2 * half] = c[:half]
+    return ws, c
+
 
 def read_labels(folder: Path) -> list:
     """[(filename, label (25,) float32)] from `folder/dataset.json`, checked entry by entry."""

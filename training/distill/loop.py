@@ -5,7 +5,8 @@ One step, on every process with its own batch:
 - distill: w from the teacher's mapping, a camera from the wide pose distribution (stage 2: for a `real_ratio`
   share of the batch, the camera of a real image instead); the teacher renders the target; the student renders
   the same (w, camera); loss = L1 + LPIPS (+ adv_weight * non-saturating GAN loss in stage 2). The student's
-  mapping stays frozen: it is the teacher's, so both share one w space.
+  mapping stays frozen: it is the teacher's, so both share one w space. With `edit_pairs`, half of each batch is
+  the other half moved along edit directions, and pair_weight * L1(student's change - teacher's change) joins.
 - stage 2 and pcgan also train the DualDiscriminator: real set = real images (at `real_ratio`) mixed with teacher
   renders (pcgan: real images only), fakes = the student's images at the same cameras; R1 on the real set every
   `r1_interval` steps.
@@ -33,10 +34,11 @@ from editkit import cameras, checkpoints
 from editkit.errors import EditkitError
 from editkit.models.eg3d import DualDiscriminator
 from editkit.models.student import Student
-from training.distill.data import RealImages, TeacherSampler, sample_cameras
+from training.distill.data import (RealImages, TeacherSampler, edit_pairs, load_pair_directions,
+                                   sample_cameras)
 from training.distill.distributed import Distributed
-from training.distill.losses import (ReconstructionLoss, discriminator_inputs, discriminator_loss, generator_loss,
-                                     r1_penalty)
+from training.distill.losses import (ReconstructionLoss, change_loss, discriminator_inputs, discriminator_loss,
+                                     generator_loss, r1_penalty)
 from training.distill.runs import RunFolder, image_grid, to_uint8
 
 # Options that may differ when a run is resumed; all others must match the run's run.json (the teacher is checked
@@ -66,6 +68,8 @@ def check_options(args) -> None:
         if args.student is not None or args.warm_start is not None:
             raise DistillError("--student and --warm-start start from a distilled student; --mode pcgan starts "
                                "from --init")
+        if args.edit_pairs:
+            raise DistillError("--edit-pairs compares the student with the teacher; --mode pcgan has no teacher")
         if args.real is None:
             raise DistillError("--mode pcgan trains on real images: give --real FOLDER (EG3D dataset layout)")
     else:
@@ -78,6 +82,8 @@ def check_options(args) -> None:
                                "--init fresh is for --mode pcgan")
         if args.stage == 1 and args.real is not None:
             raise DistillError("--real is used by stage 2 and --mode pcgan; stage 1 learns from the teacher only")
+        if args.edit_pairs and args.batch < 2:
+            raise DistillError("--edit-pairs needs --batch 2 or more (each pair is two batch items)")
         if args.stage == 2 and args.real_ratio > 0 and args.real is None:
             raise DistillError(f"--real-ratio {args.real_ratio} needs real images: give --real FOLDER, "
                                "or --real-ratio 0 for teacher renders only")
@@ -137,6 +143,9 @@ class Trainer:
             self.recon = ReconstructionLoss(args.l1_weight, args.lpips_weight, args.lpips_net,
                                             args.lpips_resolution).to(self.device)
         self.real = RealImages(args.real, self.resolution) if args.real is not None else None
+        self.pair_directions = None
+        if args.edit_pairs:
+            self.pair_directions = load_pair_directions(args.edit_pairs, teacher.num_ws, teacher.w_dim)
         self.g_params = [p for p in self.student.parameters() if p.requires_grad]
         self.opt_g = torch.optim.Adam(self.g_params, lr=args.lr_g, betas=ADAM_BETAS)
         self.opt_d = None
@@ -220,6 +229,8 @@ class Trainer:
             return {"z": z.to(dev), "c": c.to(dev), "real": real.to(dev)}
         ws = self.teacher.sample_ws(n, gen)
         c = sample_cameras(n, gen, args.yaw_range, args.pitch_range)
+        if self.pair_directions is not None:
+            ws, c = edit_pairs(ws, c, self.pair_directions, args.pair_strength, gen)
         from_real, images = None, None
         if self.D is not None and self.real is not None:
             from_real = torch.rand(n, generator=gen) < args.real_ratio
@@ -228,7 +239,11 @@ class Trainer:
                 images, labels = self.real.batch(indices)
                 c[from_real] = labels
         c = c.to(dev)
-        batch = {"ws": ws, "c": c, "target": self.teacher.render(ws, c)}
+        if self.pair_directions is None:
+            target = self.teacher.render(ws, c)
+        else:
+            target = self.teacher.render_pairs(ws, c, seed=int(torch.randint(2 ** 31, (1,), generator=gen)))
+        batch = {"ws": ws, "c": c, "target": target}
         if self.D is not None:
             batch["real"] = batch["target"].clone()
             if images is not None:
@@ -253,6 +268,10 @@ class Trainer:
         if self.recon is not None:
             loss, recon_parts = self.recon(fake, batch["target"])
             parts.update(recon_parts)
+            if self.pair_directions is not None:
+                pairs = change_loss(fake, batch["target"], batch["c"])
+                loss = loss + self.args.pair_weight * pairs
+                parts["pairs"] = pairs.detach()
         if self.D is not None:
             adv = generator_loss(self.D(self.d_inputs(fake), batch["c"]))
             loss = loss + (self.args.adv_weight if self.distill else 1.0) * adv

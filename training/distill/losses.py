@@ -67,3 +67,13 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
     """Mean over the batch of |d D(real) / d real|^2 (R1; `real_images` must require grad)."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
     return grad.square().sum(dim=[1, 2, 3]).mean()
+
+
+def change_loss(fake: torch.Tensor, target: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between the student's and the teacher's image change within each pair (batch item i and i + n/2,
+    see `data.edit_pairs`); pairs whose cameras differ (stage 2 gave one a real image's camera) are left out."""
+    half = len(fake) // 2
+    same = (c[:half] == c[half:2 * half]).all(1)
+    change = fake[:half] - fake[half:2 * half]
+    true_change = target[:half] - target[half:2 * half]
+    return (change - true_change)[same].abs().mean() if same.any() else fake.sum() * 0

@@ -23,6 +23,7 @@ from training.synthetic.head_model import EXPRESSION_UNITS, HeadParams
 SPARSE_UNITS = (("jaw_open", 0.35, 0.45), ("brow_raise", 0.2, 0.8), ("brow_down", 0.1, 0.6),
                 ("mouth_funnel", 0.05, 0.6), ("mouth_pucker", 0.05, 0.6), ("frown", 0.08, 0.6),
                 ("eye_wide", 0.1, 0.6), ("eye_squint", 0.15, 0.6), ("cheek_puff", 0.03, 0.5))
+BLINK_SHARE = 0.05  # share of heads that blink (fully closed eyes in 2%)
 IDENTITY = HeadParams.identity.stop
 # latent layout: identity, smile + its left/right asymmetries, blink, the sparse units, gaze x/y, 7 appearance, 5 light
 SMILE = IDENTITY
@@ -63,7 +64,7 @@ def params_from_z(z) -> np.ndarray:
     side_weight = np.minimum(smile * 5, 1)
     e[:, units["smile_l"]] = np.clip(smile + 0.08 * z[:, SMILE + 1] * side_weight, 0, 1)
     e[:, units["smile_r"]] = np.clip(smile + 0.08 * z[:, SMILE + 2] * side_weight, 0, 1)
-    e[:, units["blink_l"]] = e[:, units["blink_r"]] = np.clip((u[:, BLINK] - 0.95) / 0.03, 0, 1)
+    e[:, units["blink_l"]] = e[:, units["blink_r"]] = np.clip((u[:, BLINK] - (1 - BLINK_SHARE)) / 0.03, 0, 1)
     for k, (name, share, high) in enumerate(SPARSE_UNITS):
         e[:, units[name]] = high * _ramp(u[:, SPARSE + k], share)
     gaze_x, gaze_y = 0.25 * z[:, GAZE], 0.25 * z[:, GAZE + 1]
