@@ -91,12 +91,39 @@ def test_a_teacher_without_plane_offset_and_basis_starts_a_run_with_them_and_ren
     assert mix[0] != mix[1]
     torch.testing.assert_close(G.planes(ws, noise_mode="const") - plain.planes(ws, noise_mode="const"),
                                mix.view(2, 1, 1, 1, 1).expand(-1, 3, 32, 32, 32))
-    wide = build_teacher({**CONFIGS["tiny"], "channel_max": 32})
+    narrow = build_teacher({**CONFIGS["tiny"], "channel_max": 8})
     try:
-        init_weights(wide, load_generator(path))
-        raise AssertionError("a teacher of another width was accepted")
+        init_weights(narrow, load_generator(path))
+        raise AssertionError("a teacher of a wider backbone was squeezed into a narrower one")
     except EditkitError as e:
         assert "does not match this config" in str(e)
+
+
+def test_a_wider_backbone_starts_from_a_teacher_and_renders_what_it_rendered(tmp_path):
+    torch.manual_seed(0)
+    teacher = build_teacher(CONFIGS["tiny"]).eval()
+    with torch.no_grad():  # a fitted teacher: offset, basis and biases are not zero
+        for name, tensor in teacher.named_parameters():
+            if name.endswith("bias") or name in ("plane_offset", "plane_basis"):
+                tensor.normal_(0, 0.2)
+    path = save_model(tmp_path / "teacher.safetensors", {"G": teacher})
+    wide = build_teacher({**CONFIGS["tiny"], "channel_max": 32, "plane_basis": 6})
+    assert wide.backbone.synthesis.b4.conv1.weight.shape[:2] == (32, 32)  # the tiny config has 16 at 4-16 px
+    init_weights(wide, load_generator(path))
+    wide.eval()
+    ws = teacher.mapping(torch.randn(2, teacher.z_dim), torch.zeros(2, 25))
+    label = frontal_label().float().repeat(2, 1)
+    renders = []
+    for model in (teacher, wide):
+        torch.manual_seed(1)  # the renderer jitters its samples along each ray
+        renders.append(model.synthesis(ws, label, noise_mode="const"))
+    for key in ("image", "image_raw", "image_depth"):
+        torch.testing.assert_close(renders[1][key], renders[0][key], atol=2e-5, rtol=1e-4)
+    wide.train()
+    out = wide.synthesis(ws, label)
+    out["image"].square().mean().backward()
+    weight = wide.backbone.synthesis.b8.conv0.weight
+    assert weight.grad[:16, 16:].abs().sum() > 0  # the zeroed block learns from the first step
 
 
 def test_a_run_started_before_a_setting_existed_resumes_with_its_default(tmp_path):

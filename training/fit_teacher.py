@@ -20,7 +20,9 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   basis mixed by w - w_avg (`--config basis`, its own `basis_lr`); a feature-weighted image term
   (`feature_weight`: L1 inside blobs around the chin, brow, eye, nose and mouth landmarks, a few percent of the
   pixels otherwise); expression pairs (`pair_weight`: batches of heads repeated with new expression latents, the
-  teacher's change within each pair against the truth's);
+  teacher's change within each pair against the truth's); `pair_emphasis`: re-drawn heads of the pairs show a rare
+  expression (blink, brow raise...) that the world's own frequencies almost never put in a batch;
+- `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
 - an EMA copy of the weights is evaluated and exported; the evaluation also measures how well the teacher follows
   its expression latents (`expression_response`).
 A run stops after `--minutes`, saving its state; the same command continues it.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -60,6 +63,8 @@ CONFIGS = {
     "basis": {**DEMO, "plane_offset": True, "plane_basis": 16},
     # a wider backbone: 128 channels up to 64 px, 64 at 128 px (+17% per step, docs/demo_teacher.md)
     "wide": {**DEMO, "channel_base": 8192, "channel_max": 128},
+    # the basis teacher with that backbone; --init-from a 'basis' teacher widens it, keeping what it draws
+    "basis-wide": {**DEMO, "plane_offset": True, "plane_basis": 16, "channel_base": 8192, "channel_max": 128},
     # a few seconds per step: for tests
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6, plane_offset=True, plane_basis=4, plane_basis_resolution=16),
@@ -335,16 +340,42 @@ def param_groups(G, settings: dict) -> list:
 
 
 def init_weights(G, source) -> None:
-    """Copy a saved teacher's weights into G; plane offset and basis the source lacks keep G's initial values
-    (zero tensors: the renders do not change)."""
-    try:
-        missing, unexpected = G.load_state_dict(source.state_dict(), strict=False)
-    except RuntimeError as e:  # shapes differ
-        raise EditkitError(f"--init-from: its network does not match this config ({one_line(e)[:200]})") from None
-    missing = [key for key in missing if key not in PLANE_EXTRAS]
-    if missing or unexpected:
+    """Copy a saved teacher's weights into G. Plane offset and basis the source lacks keep G's initial values (zero
+    tensors: the renders do not change). Where G's backbone is wider (e.g. config 'basis-wide' from a 'basis'
+    teacher) the source's channels are copied into the first ones and G computes what the source did (`widen`)."""
+    target, state = G.state_dict(), source.state_dict()
+    unexpected = [key for key in state if key not in target]
+    missing = [key for key in target if key not in state and key not in PLANE_EXTRAS]
+    narrower = [key for key, value in state.items()
+                if key in target and not widens(key, value.shape, target[key].shape)]
+    if missing or unexpected or narrower:
         raise EditkitError(f"--init-from: its network does not match this config (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]})")
+                           f"unexpected {unexpected[:3]}, other shapes {narrower[:3]})")
+    with torch.no_grad():
+        for key, value in state.items():
+            widen(target[key], value, key)
+
+
+def widens(key: str, small: torch.Size, large: torch.Size) -> bool:
+    """True if a tensor of shape `small` fits into `large` as `widen` does it (equal, or more channels)."""
+    grows = key.startswith("backbone.synthesis.") or key in PLANE_EXTRAS
+    return small == large or (grows and len(small) == len(large) and all(a <= b for a, b in zip(small, large)))
+
+
+def widen(target: torch.Tensor, value: torch.Tensor, key: str) -> None:
+    """Write `value` into the leading block of `target` (in place) so that the wider network computes the same.
+    New output channels keep their fresh initial values; new input channels of a convolution get zero weights,
+    so they do not reach the old outputs (demodulation divides by the weights' norm, which zeros leave alone).
+    ToRGB layers do not demodulate and scale their styles by 1 / sqrt(in_channels): their copied weights are
+    scaled back. New plane-basis tensors start at zero (G's initial value), so their mixing rows change nothing."""
+    if target.shape == value.shape:
+        target.copy_(value)
+        return
+    if key.endswith("torgb.weight"):
+        value = value * math.sqrt(target.shape[1] / value.shape[1])
+    target[tuple(slice(0, n) for n in value.shape)] = value
+    if target.dim() == 4 and target.shape[1] > value.shape[1]:  # (out, in, k, k): new inputs
+        target[:value.shape[0], value.shape[1]:] = 0
 
 
 def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: int | None = None,
