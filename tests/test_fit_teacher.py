@@ -65,6 +65,17 @@ def test_export_loads_by_path_and_renders(tmp_path):
     assert image.shape == (1, 3, 128, 128) and torch.isfinite(image).all()
 
 
+def assert_same_renders(G, reference, ws, **tolerance):
+    """G renders ws from the front as `reference` does: image, raw image and depth, same ray offsets."""
+    label = frontal_label().float().repeat(len(ws), 1)
+    renders = []
+    for model in (G, reference):
+        torch.manual_seed(1)  # the renderer jitters its samples along each ray
+        renders.append(model.synthesis(ws, label, noise_mode="const"))
+    for key in ("image", "image_raw", "image_depth"):
+        torch.testing.assert_close(renders[0][key], renders[1][key], **tolerance)
+
+
 def test_a_teacher_without_plane_offset_and_basis_starts_a_run_with_them_and_renders_the_same(tmp_path):
     torch.manual_seed(0)
     plain = build_teacher({**CONFIGS["tiny"], "plane_offset": False, "plane_basis": 0}).eval()
@@ -73,13 +84,7 @@ def test_a_teacher_without_plane_offset_and_basis_starts_a_run_with_them_and_ren
     init_weights(G, load_generator(path))
     assert G.plane_offset.abs().max() == 0 and G.plane_basis.abs().max() == 0
     ws = G.mapping(torch.randn(2, G.z_dim), torch.zeros(2, 25))
-    label = frontal_label().float().repeat(2, 1)
-    renders = []
-    for model in (G, plain):
-        torch.manual_seed(1)  # the renderer jitters its samples along each ray
-        renders.append(model.synthesis(ws, label, noise_mode="const"))
-    for key in ("image", "image_depth"):
-        torch.testing.assert_close(renders[0][key], renders[1][key])
+    assert_same_renders(G, plain, ws)
     with torch.no_grad():
         G.plane_offset.normal_()
     torch.testing.assert_close(G.planes(ws, noise_mode="const") - plain.planes(ws, noise_mode="const"),
@@ -112,15 +117,9 @@ def test_a_wider_backbone_starts_from_a_teacher_and_renders_what_it_rendered(tmp
     init_weights(wide, load_generator(path))
     wide.eval()
     ws = teacher.mapping(torch.randn(2, teacher.z_dim), torch.zeros(2, 25))
-    label = frontal_label().float().repeat(2, 1)
-    renders = []
-    for model in (teacher, wide):
-        torch.manual_seed(1)  # the renderer jitters its samples along each ray
-        renders.append(model.synthesis(ws, label, noise_mode="const"))
-    for key in ("image", "image_raw", "image_depth"):
-        torch.testing.assert_close(renders[1][key], renders[0][key], atol=2e-5, rtol=1e-4)
+    assert_same_renders(wide, teacher, ws, atol=2e-5, rtol=1e-4)
     wide.train()
-    out = wide.synthesis(ws, label)
+    out = wide.synthesis(ws, frontal_label().float().repeat(2, 1))
     out["image"].square().mean().backward()
     weight = wide.backbone.synthesis.b8.conv0.weight
     assert weight.grad[:16, 16:].abs().sum() > 0  # the zeroed block learns from the first step

@@ -71,7 +71,8 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
 
 def change_loss(fake: torch.Tensor, target: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Mean L1 between the student's and the teacher's image change within each pair (batch item i and i + n/2,
-    see `data.edit_pairs`); pairs whose cameras differ (stage 2 gave one a real image's camera) are left out."""
+    see `data.edit_pairs`); pairs whose cameras differ (stage 2 gave one a real image's camera) are left out, and a
+    batch without a usable pair gives 0 (so stage 2's logged mean, with real-ratio 0.5, is about half the term)."""
     half = len(fake) // 2
     same = (c[:half] == c[half:2 * half]).all(1)
     change = fake[:half] - fake[half:2 * half]
