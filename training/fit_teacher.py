@@ -207,6 +207,11 @@ def density_smoothness(G, planes: torch.Tensor, generator: torch.Generator, poin
     return (sigma[:, :points] - sigma[:, points:]).abs().mean()
 
 
+def weighted_l1(error: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of (N, C, H, W) absolute errors under (N, 1, H, W) pixel weights (per channel; 0 without weight)."""
+    return (error * weights).sum() / (weights.sum() * error.shape[1]).clamp_min(1)
+
+
 def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torch.Generator, step: int) -> dict:
     """The loss terms of one step; 'total' is their weighted sum. LPIPS joins after `lpips_after` steps."""
     ws = G.mapping(z, labels, update_emas=True)
@@ -215,15 +220,14 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     error = (out["image"] - truth["image"]).abs()
     features = truth["features"]
     terms = {"image": error.mean(),
-             "features": (error * features).sum() / (features.sum() * error.shape[1]).clamp_min(1),
+             "features": weighted_l1(error, features),
              "raw": (out["image_raw"] - truth["image_raw"]).abs().mean(),
-             "depth": ((out["image_depth"] - truth["depth"]).abs() * inside).sum() / inside.sum().clamp_min(1),
+             "depth": weighted_l1((out["image_depth"] - truth["depth"]).abs(), inside),
              "opacity": (out["image_opacity"] - truth["coverage"]).abs().mean()}
     total = (terms["image"] + settings["feature_weight"] * terms["features"] + settings["raw_weight"] * terms["raw"]
              + settings["depth_weight"] * terms["depth"] + settings["opacity_weight"] * terms["opacity"])
     if settings["outline_weight"] > 0:  # squared error is mostly at the outline: see OUTLINE_PIXELS
-        outline = truth["outline"]
-        terms["outline"] = (error * outline).sum() / (outline.sum() * error.shape[1]).clamp_min(1)
+        terms["outline"] = weighted_l1(error, truth["outline"])
         total = total + settings["outline_weight"] * terms["outline"]
     if lpips is not None and step >= settings["lpips_after"]:
         terms["lpips"] = lpips(out["image"], truth["image"]).mean()
@@ -233,7 +237,7 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
         change = out["image"][:half] - out["image"][half:2 * half]
         true_change = truth["image"][:half] - truth["image"][half:2 * half]
         weights = torch.maximum(features[:half], features[half:2 * half])
-        terms["pairs"] = ((change - true_change).abs() * weights).sum() / (weights.sum() * 3).clamp_min(1)
+        terms["pairs"] = weighted_l1((change - true_change).abs(), weights)
         total = total + settings["pair_weight"] * terms["pairs"]
     if settings["density_reg"] > 0:
         terms["density"] = density_smoothness(G, G._last_planes, generator)
