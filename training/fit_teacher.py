@@ -438,6 +438,7 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
         lpips = LPIPS(settings["lpips"]).to(device)
     if step == 0:  # where a run starts (from scratch or from --init-from)
         log({"step": 0, "minutes": 0.0, "eval": evaluate(G_ema, eval_data)})
+    log({"step": step, "learning_rates": {key: settings[key] for key in ADJUSTABLE}})  # each invocation's
     start = last_save = last_eval = time.time()
     bar = tqdm(desc="fit teacher", unit="step", initial=step, total=max_steps, mininterval=30)
     while (minutes is None or time.time() - start < minutes * 60) and (max_steps is None or step < max_steps):
@@ -479,9 +480,12 @@ def export(run_dir: Path, out: Path, force: bool = False) -> Path:
     settings = json.loads(state["settings"])
     G = build_teacher(CONFIGS[settings["config"]])
     G.load_state_dict(state["G_ema"])
-    evals = [r["eval"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if "eval" in r]
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    evals = [r["eval"] for r in records if "eval" in r]
     provenance = {"recipe": "training.fit_teacher", "settings": settings, "steps": state["step"],
                   "fit_minutes": round(state["elapsed"] / 60, 1),
+                  "learning_rates": [{"from_step": r["step"], **r["learning_rates"]}
+                                     for r in records if "learning_rates" in r and r["step"] <= state["step"]],
                   "data": "demo world (training/synthetic), rendered on the fly; latents z ~ N(0, I), "
                           f"seed {settings['seed']}; evaluation heads from seed {EVAL_SEED}",
                   "metrics": evals[-1] if evals else {}}
