@@ -484,8 +484,9 @@ def export(run_dir: Path, out: Path, force: bool = False) -> Path:
     evals = [r["eval"] for r in records if "eval" in r]
     provenance = {"recipe": "training.fit_teacher", "settings": settings, "steps": state["step"],
                   "fit_minutes": round(state["elapsed"] / 60, 1),
+                  # each invocation's rates from its first step (one that started at the last step made none)
                   "learning_rates": [{"from_step": r["step"], **r["learning_rates"]}
-                                     for r in records if "learning_rates" in r and r["step"] <= state["step"]],
+                                     for r in records if "learning_rates" in r and r["step"] < state["step"]],
                   "data": "demo world (training/synthetic), rendered on the fly; latents z ~ N(0, I), "
                           f"seed {settings['seed']}; evaluation heads from seed {EVAL_SEED}",
                   "metrics": evals[-1] if evals else {}}
