@@ -137,6 +137,14 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_default(tmp_pat
     assert settings["lr"] == 5e-4
 
 
+def test_a_resume_at_a_lower_rate_is_kept_by_the_next_plain_resume(tmp_path):
+    settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "config": "tiny"})  # a new run at the default rates
+    settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "lr": 3e-4, "basis_lr": 6e-3})
+    plain = settings_for(tmp_path, {k: None for k in DEFAULTS})
+    assert (plain["config"], plain["lr"], plain["basis_lr"]) == ("tiny", 3e-4, 6e-3)
+    assert plain["offset_lr"] == DEFAULTS["offset_lr"]
+
+
 FIT = """
 import sys
 from pathlib import Path

@@ -25,8 +25,8 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
 - `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
 - an EMA copy of the weights is evaluated and exported; the evaluation also measures how well the teacher follows
   its expression latents (`expression_response`).
-- lower learning rates once the curve flattens (a run resumed with `--lr`, `--offset-lr`, `--basis-lr`; each
-  invocation's rates are logged and exported): 1e-3 -> 3e-4 gained 0.28 dB in 450 steps where 1e-3 gained ~0.1.
+- lower learning rates once the curve flattens (a run resumed with `--lr`, `--offset-lr`, `--basis-lr`, kept in
+  its settings.json for later resumes; each invocation's rates are logged and exported): 1e-3 -> 3e-4 gained 0.28 dB in 450 steps where 1e-3 gained ~0.1.
 A run stops after `--minutes`, saving its state; the same command continues it.
 """
 
@@ -498,8 +498,9 @@ def export(run_dir: Path, out: Path, force: bool = False) -> Path:
 
 
 def settings_for(run_dir: Path, overrides: dict) -> dict:
-    """The run's settings: saved ones for an existing run (only learning rates may change; keys added since it
-    started take their defaults), else defaults + overrides."""
+    """The run's settings: saved ones for an existing run (only learning rates may change, and the changed rates are
+    saved so that the next plain resume keeps them; keys added since it started take their defaults), else
+    defaults + overrides."""
     path = run_dir / "settings.json"
     if path.exists():
         settings = {**DEFAULTS, **json.loads(path.read_text())}
@@ -507,13 +508,16 @@ def settings_for(run_dir: Path, overrides: dict) -> dict:
                    if k not in ADJUSTABLE and v is not None and v != settings.get(k)}
         if changed:
             raise SystemExit(f"{run_dir} was started with other settings ({changed} differ); use a new --run")
-        settings.update({k: overrides[k] for k in ADJUSTABLE if overrides.get(k) is not None})
-        return settings
-    settings = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
-    if settings["config"] not in CONFIGS:
-        raise SystemExit(f"unknown --config {settings['config']!r}; known: {', '.join(CONFIGS)}")
+        rates = {k: overrides[k] for k in ADJUSTABLE if overrides.get(k) is not None}
+        if all(settings[k] == v for k, v in rates.items()):
+            return settings
+        settings.update(rates)
+    else:
+        settings = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+        if settings["config"] not in CONFIGS:
+            raise SystemExit(f"unknown --config {settings['config']!r}; known: {', '.join(CONFIGS)}")
     text = json.dumps(settings, indent=2) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))  # a kill mid-write leaves no half-written settings
+    atomic_write(path, lambda tmp: tmp.write_text(text), force=True)  # a kill mid-write leaves the old file
     return settings
 
 
@@ -531,8 +535,9 @@ def main(argv=None) -> int:
                         help="instead of fitting, save the run's EMA generator here")
     parser.add_argument("--force", action="store_true", help="let --export overwrite")
     for key, value in DEFAULTS.items():
+        when = "new runs, or changed for this and later resumes" if key in ADJUSTABLE else "new runs"
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
-                            help=f"(new runs; default {value})")
+                            help=f"({when}; default {value})")
     args = parser.parse_args(argv)
     try:
         if args.export:
