@@ -53,6 +53,10 @@ def test_world_report_measures_teacher_and_student_against_ground_truth(world_mo
     capsys.readouterr()
     assert world_report.main(["nowhere.safetensors", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: nowhere.safetensors")
+    before = (out / "world_report.json").read_bytes()
+    assert world_report.main([f"teacher={teacher}", "--out", str(out)]) == 2  # an existing report needs --force
+    assert "world_report.json already exists; use --force" in capsys.readouterr().err
+    assert (out / "world_report.json").read_bytes() == before
 
 
 def test_skin_luma_and_drift_recover_a_known_bias():
@@ -88,8 +92,10 @@ def test_pose_bias_end_to_end_sees_the_bias_of_a_real_set(world_models, tmp_path
     sheet = np.asarray(Image.open(out / "pose_bias_samples.png"))
     assert sheet.shape[1] == len(pose_bias.YAWS) * 128 and sheet.shape[0] == 2 * 2 * 128 + 6
     assert "| s |" in capsys.readouterr().out
-    assert pose_bias.main(["--teacher", str(teacher), "--student", "=nameless", "--out", str(out)]) == 2
+    assert pose_bias.main(["--teacher", str(teacher), "--student", "=nameless", "--out", str(out), "--force"]) == 2
     assert "LABEL=NAME_OR_PATH" in capsys.readouterr().err
+    assert pose_bias.main(["--teacher", str(teacher), "--student", f"s={student}", "--out", str(out)]) == 2
+    assert "pose_bias.json already exists; use --force" in capsys.readouterr().err
 
 
 def test_ridge_probe_recovers_a_linear_relation_on_held_out_features():

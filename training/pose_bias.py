@@ -33,7 +33,7 @@ from editkit.checkpoints import load_generator, named_model
 from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
 from editkit.images import load_image
-from editkit.io import atomic_write
+from editkit.io import atomic_write, check_outputs
 from training.distill.data import read_labels
 
 YAWS = tuple(np.linspace(-35.0, 35.0, 8))
@@ -158,8 +158,11 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=64, help="latents")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing report in --out")
     args = parser.parse_args(argv)
     try:
+        check_outputs([args.out / name for name in ("pose_bias.json", "pose_bias.png", "pose_bias_samples.png")],
+                      args.force)
         models = {"teacher": load_generator(args.teacher).eval()}
         models.update({label: load_generator(model).eval() for label, model in map(named_model, args.student)})
         images = render_sweep(models, args.n, args.seed)

@@ -29,7 +29,7 @@ from editkit import cameras
 from editkit.checkpoints import load_generator, named_model
 from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
-from editkit.io import atomic_write
+from editkit.io import atomic_write, check_outputs
 from training.fit_teacher import (EVAL_SEED, EXPRESSION_PROBES, GroundTruth, evaluation_set, expression_response,
                                   probe_images, render)
 from training.synthetic.latent import LATENT_SIZE
@@ -122,10 +122,13 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=32, help="held-out heads for the fidelity numbers")
     parser.add_argument("--detections", type=int, default=100, help="random latents per yaw for dlib")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="held-out heads seed (default: the fit's)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing report in --out")
     args = parser.parse_args(argv)
     from editkit.perceptual import LPIPS
 
+    paths = {name: args.out / name for name in ("world_report.json", "samples.png", "expressions.png")}
     try:
+        check_outputs(paths.values(), args.force)
         models = {label: load_generator(model).eval() for label, model in map(named_model, args.models)}
         first = next(iter(models.values()))
         neural = next((G.neural_rendering_resolution for G in models.values()
@@ -143,12 +146,10 @@ def main(argv=None) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2) + "\n"
-    atomic_write(args.out / "world_report.json", lambda tmp: tmp.write_text(text), force=True)
-    sheet = sample_sheet(data["image"], fits, args.heads)
-    atomic_write(args.out / "samples.png", lambda tmp: Image.fromarray(sheet).save(tmp, format="png"), force=True)
-    sheet = expression_sheet(data["probe_image"], probes)
-    atomic_write(args.out / "expressions.png", lambda tmp: Image.fromarray(sheet).save(tmp, format="png"),
-                 force=True)
+    atomic_write(paths["world_report.json"], lambda tmp: tmp.write_text(text), force=args.force)
+    for name, sheet in (("samples.png", sample_sheet(data["image"], fits, args.heads)),
+                        ("expressions.png", expression_sheet(data["probe_image"], probes))):
+        atomic_write(paths[name], lambda tmp: Image.fromarray(sheet).save(tmp, format="png"), force=args.force)
     print(text)
     print(f"wrote {args.out / 'world_report.json'}, {args.out / 'samples.png'} and {args.out / 'expressions.png'}")
     return 0
