@@ -26,7 +26,8 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
 - an EMA copy of the weights is evaluated and exported; the evaluation also measures how well the teacher follows
   its expression latents (`expression_response`).
 - lower learning rates once the curve flattens (a run resumed with `--lr`, `--offset-lr`, `--basis-lr`, kept in
-  its settings.json for later resumes; each invocation's rates are logged and exported): 1e-3 -> 3e-4 gained 0.28 dB in 450 steps where 1e-3 gained ~0.1.
+  its settings.json for later resumes; each invocation's rates are logged and exported): 1e-3 -> 3e-4 gained
+  0.28 dB in 450 steps where 1e-3 gained ~0.1.
 A run stops after `--minutes`, saving its state; the same command continues it.
 """
 

@@ -151,7 +151,7 @@ def main(argv=None) -> int:
                         ("expressions.png", expression_sheet(data["probe_image"], probes))):
         atomic_write(paths[name], lambda tmp: Image.fromarray(sheet).save(tmp, format="png"), force=args.force)
     print(text)
-    print(f"wrote {args.out / 'world_report.json'}, {args.out / 'samples.png'} and {args.out / 'expressions.png'}")
+    print(f"wrote {', '.join(map(str, paths.values()))}")
     return 0
 
 
