@@ -246,6 +246,19 @@ def test_outline_marks_the_pixels_near_the_masks_edge():
     assert across == [0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0]
 
 
+def test_silhouette_finds_the_error_at_the_outline_and_a_head_drawn_too_large():
+    truth = GroundTruth(128, 64)(torch.randn(2, LATENT_SIZE, generator=torch.Generator().manual_seed(3)),
+                                 frontal_label().repeat(2, 1))
+    exact = fit_teacher.silhouette({"image": truth["image"], "image_opacity": truth["coverage"]}, truth)
+    assert torch.allclose(exact["silhouette_size"], torch.ones(2))
+    blurred = torch.nn.functional.avg_pool2d(truth["image"], 3, 1, 1, count_include_pad=False)
+    grown = torch.nn.functional.max_pool2d(truth["coverage"], 3, 1, 1)  # one pixel wider all round
+    measured = fit_teacher.silhouette({"image": blurred, "image_opacity": grown}, truth)
+    assert (measured["outline_psnr"] < fit_teacher.psnr(blurred, truth["image"]) - 5).all()  # blur hurts the edge
+    assert (measured["silhouette_size"] > 1.05).all()
+    assert "silhouette_size" not in fit_teacher.silhouette({"image": blurred}, truth)  # a student draws no opacity
+
+
 def test_the_plane_basis_leaves_the_average_head_alone():
     torch.manual_seed(0)
     G = build_teacher(CONFIGS["tiny"]).eval()

@@ -285,12 +285,12 @@ def expression_response(images: torch.Tensor, truth: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def render(G, z: torch.Tensor, labels: torch.Tensor, batch: int = 10) -> dict:
-    """{"image"} and, when G renders it, {"image_depth"} for latents z at labels, in batches."""
+    """{"image"} and, when G renders them, {"image_depth", "image_opacity"} for latents z at labels, in batches."""
     out = {}
     for i in range(0, len(z), batch):
         ws = G.mapping(z[i:i + batch], labels[i:i + batch])
         result = G.synthesis(ws, labels[i:i + batch], noise_mode="const")
-        for key in ("image", "image_depth"):
+        for key in ("image", "image_depth", "image_opacity"):
             if key in result:
                 out.setdefault(key, []).append(result[key])
     return {key: torch.cat(value) for key, value in out.items()}
@@ -310,16 +310,35 @@ def probe_images(G, data: dict) -> torch.Tensor:
     return torch.cat(images).clamp(-1, 1)
 
 
+def psnr(images: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) PSNR (dB) of images in [-1, 1] against the truth; with (N, 1, H, W) `weights`, of the weighted pixels."""
+    error = ((images.clamp(-1, 1) - truth) / 2).pow(2)
+    mse = error.mean((1, 2, 3)) if weights is None else (error * weights).sum((1, 2, 3)) / (
+        weights.sum((1, 2, 3)) * error.shape[1]).clamp_min(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def silhouette(out: dict, data: dict) -> dict:
+    """Where most of the error is: the (N,) PSNR within OUTLINE_PIXELS of the true outline, and, for generators that
+    render opacity, the (N,) size of the drawn head against the truth's (summed opacity over summed coverage at the
+    neural rendering size; 1: the right size)."""
+    measures = {"outline_psnr": psnr(out["image"], data["image"], data["outline"])}
+    if "image_opacity" in out:
+        measures["silhouette_size"] = out["image_opacity"].sum((1, 2, 3)) / data["coverage"].sum((1, 2, 3))
+    return measures
+
+
 @torch.no_grad()
 def evaluate(G, data: dict) -> dict:
-    """PSNR (dB) of the image at the output size, mean depth error inside the head (scene units), and how the
-    image follows the probed expression latents (`expression_response`)."""
+    """PSNR (dB) of the image at the output size, mean depth error inside the head (scene units), the outline's
+    PSNR and the head's size (`silhouette`), and how the image follows the probed expression latents
+    (`expression_response`)."""
     G.eval()
     out = render(G, data["z"], data["labels"])
-    psnr = -10 * torch.log10(((out["image"].clamp(-1, 1) - data["image"]) / 2).pow(2).mean((1, 2, 3)))
     inside = data["inside"]
     depth_error = float(((out["image_depth"] - data["depth"]).abs() * inside).sum()) / max(int(inside.sum()), 1)
-    return {"psnr": float(psnr.mean()), "depth_error": depth_error,
+    return {"psnr": float(psnr(out["image"], data["image"]).mean()), "depth_error": depth_error,
+            **{key: float(value.mean()) for key, value in silhouette(out, data).items()},
             "expression_response": expression_response(probe_images(G, data), data["probe_image"])}
 
 

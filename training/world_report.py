@@ -4,8 +4,9 @@ Every generator whose latent is the world's z (the demo teacher, and its student
 compared with the renderer's image of the head that z decodes to, at the same camera. Writes DIR/world_report.json
 (the model cards' numbers), DIR/samples.png (per held-out head and yaw: ground truth, then each model) and
 DIR/expressions.png (per expression probe and head: the ground truth low and high, then each model's):
-- image PSNR and LPIPS (VGG) at the output size for held-out heads at yaw -35..35 deg (pitch 0), and, for models
-  that render depth (the teacher), the depth error inside the head mask (scene units);
+- image PSNR and LPIPS (VGG) at the output size for held-out heads at yaw -35..35 deg (pitch 0), the PSNR within
+  2 px of the head's outline (where most of the error is), and, for models that render depth and opacity (the
+  teacher), the depth error inside the head mask (scene units) and the drawn head's size against the truth's;
 - whether expressions show: for the smile, jaw-open, blink and brow-raise latents, the cosine between the model's
   and the truth's image change from low to high on 8 of those heads seen from the front
   (`fit_teacher.expression_response`);
@@ -31,7 +32,7 @@ from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
 from editkit.io import atomic_write, check_outputs
 from training.fit_teacher import (EVAL_SEED, EXPRESSION_PROBES, GroundTruth, evaluation_set, expression_response,
-                                  probe_images, render)
+                                  probe_images, psnr, render, silhouette)
 from training.synthetic.latent import LATENT_SIZE
 
 YAWS = (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -47,15 +48,17 @@ def per_yaw(values: torch.Tensor, digits: int) -> dict:
 
 
 def fidelity(G, data: dict, lpips) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """PSNR, LPIPS (and depth error), expression response against the ground truth in data; also returns the
-    images and the expression probes' images."""
+    """PSNR, LPIPS, the outline's PSNR (and depth error, head size), expression response against the ground truth
+    in data; also returns the images and the expression probes' images."""
     out = render(G, data["z"], data["labels"])
-    mse = ((out["image"].clamp(-1, 1) - data["image"]) / 2).pow(2).mean((1, 2, 3))
-    psnr = -10 * torch.log10(mse)
+    image_psnr = psnr(out["image"], data["image"])
     with torch.no_grad():
-        lp = torch.cat([lpips(out["image"][i:i + 16], data["image"][i:i + 16]) for i in range(0, len(mse), 16)])
-    metrics = {"psnr": round(float(psnr.mean()), 2), "lpips_vgg": round(float(lp.mean()), 4),
-               "psnr_per_yaw": per_yaw(psnr, 2), "lpips_per_yaw": per_yaw(lp, 4)}
+        lp = torch.cat([lpips(out["image"][i:i + 16], data["image"][i:i + 16])
+                        for i in range(0, len(image_psnr), 16)])
+    metrics = {"psnr": round(float(image_psnr.mean()), 2), "lpips_vgg": round(float(lp.mean()), 4),
+               "psnr_per_yaw": per_yaw(image_psnr, 2), "lpips_per_yaw": per_yaw(lp, 4)}
+    for name, values in silhouette(out, data).items():  # where most of the error is
+        metrics[name], metrics[f"{name}_per_yaw"] = round(float(values.mean()), 3), per_yaw(values, 3)
     if "image_depth" in out:
         inside = data["inside"]
         error = ((out["image_depth"] - data["depth"]).abs() * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3))
