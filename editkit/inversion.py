@@ -34,6 +34,7 @@ from editkit.errors import EditkitError
 from editkit.faces import prepare_face
 from editkit.io import atomic_write, check_outputs, output_group, staged
 from editkit.latents import LATENT, LATENT_JSON, write_latent
+from editkit.metrics.image import psnr
 from editkit.perceptual import LPIPS
 
 LOSS_RESOLUTION = 256  # LPIPS sees at most 256 px, as in EG3D's projector
@@ -115,13 +116,6 @@ def to_loss_resolution(image: torch.Tensor) -> torch.Tensor:
     if image.shape[-1] > LOSS_RESOLUTION:
         return F.adaptive_avg_pool2d(image, (LOSS_RESOLUTION, LOSS_RESOLUTION))
     return image
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N,) PSNR in dB of images in [-1, 1] over the masked pixels."""
-    err = ((a - b) / 2).pow(2) * mask
-    mse = err.flatten(1).sum(1) / (mask.expand_as(a).flatten(1).sum(1)).clamp_min(1)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
 class Objective:

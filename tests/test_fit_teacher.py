@@ -16,6 +16,7 @@ from editkit.checkpoints import load_generator
 from training import fit_teacher
 from editkit.checkpoints import read_config, save_model, sha256_file
 from editkit.errors import EditkitError
+from editkit.metrics.image import psnr
 from training.fit_teacher import (CONFIGS, DEFAULTS, GroundTruth, build_teacher, evaluate, evaluation_set,
                                   init_weights, run, settings_for)
 from training.state import state_files
@@ -254,7 +255,7 @@ def test_silhouette_finds_the_error_at_the_outline_and_a_head_drawn_too_large():
     blurred = torch.nn.functional.avg_pool2d(truth["image"], 3, 1, 1, count_include_pad=False)
     grown = torch.nn.functional.max_pool2d(truth["coverage"], 3, 1, 1)  # one pixel wider all round
     measured = fit_teacher.silhouette({"image": blurred, "image_opacity": grown}, truth)
-    assert (measured["outline_psnr"] < fit_teacher.psnr(blurred, truth["image"]) - 5).all()  # blur hurts the edge
+    assert (measured["outline_psnr"] < psnr(blurred, truth["image"]) - 5).all()  # blur hurts the edge
     assert (measured["silhouette_size"] > 1.05).all()
     assert "silhouette_size" not in fit_teacher.silhouette({"image": blurred}, truth)  # a student draws no opacity
 

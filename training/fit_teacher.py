@@ -49,6 +49,7 @@ from editkit import cameras
 from editkit.checkpoints import load_generator, resolve_checkpoint, save_model, sha256_file
 from editkit.errors import EditkitError, one_line
 from editkit.io import atomic_write
+from editkit.metrics.image import psnr
 from editkit.models.eg3d import TriPlaneGenerator
 from editkit.models.eg3d.configs import rendering_kwargs
 from training.state import load_latest_state, save_state, state_files
@@ -308,14 +309,6 @@ def probe_images(G, data: dict) -> torch.Tensor:
             torch.manual_seed(EVAL_SEED)
             images.append(render(G, z[group], labels[group], batch=len(z[group]))["image"])
     return torch.cat(images).clamp(-1, 1)
-
-
-def psnr(images: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(N,) PSNR (dB) of images in [-1, 1] against the truth; with (N, 1, H, W) `weights`, of the weighted pixels."""
-    error = ((images.clamp(-1, 1) - truth) / 2).pow(2)
-    mse = error.mean((1, 2, 3)) if weights is None else (error * weights).sum((1, 2, 3)) / (
-        weights.sum((1, 2, 3)) * error.shape[1]).clamp_min(1)
-    return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
 def silhouette(out: dict, data: dict) -> dict:

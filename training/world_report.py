@@ -31,8 +31,9 @@ from editkit.checkpoints import load_generator, named_model
 from editkit.errors import EditkitError, one_line
 from editkit.evaluation import to_uint8
 from editkit.io import atomic_write, check_outputs
+from editkit.metrics.image import psnr
 from training.fit_teacher import (EVAL_SEED, EXPRESSION_PROBES, GroundTruth, evaluation_set, expression_response,
-                                  probe_images, psnr, render, silhouette)
+                                  probe_images, render, silhouette)
 from training.synthetic.latent import LATENT_SIZE
 
 YAWS = (-35.0, -17.5, 0.0, 17.5, 35.0)

@@ -21,15 +21,19 @@ def _check(x: torch.Tensor, y: torch.Tensor) -> None:
                          f"{tuple(y.shape)}")
 
 
-def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N,) mean squared error on [0, 1]."""
+def mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) mean squared error on [0, 1]; with a (N, 1, H, W) `mask` (0/1 or weights), over the masked pixels."""
     _check(x, y)
-    return ((_unit(x) - _unit(y)) ** 2).flatten(1).mean(1)
+    error = (_unit(x) - _unit(y)) ** 2
+    if mask is None:
+        return error.flatten(1).mean(1)
+    mask = mask.to(error).expand_as(error)
+    return (error * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N,) PSNR in dB on [0, 1] (inf for identical images)."""
-    return -10 * torch.log10(mse(x, y))
+def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) PSNR in dB on [0, 1] (inf for identical images); with a `mask`, over the masked pixels (`mse`)."""
+    return -10 * torch.log10(mse(x, y, mask))
 
 
 def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
