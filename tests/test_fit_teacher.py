@@ -21,7 +21,8 @@ from training.fit_teacher import (CONFIGS, DEFAULTS, GroundTruth, build_teacher,
                                   init_weights, run, settings_for)
 from training.state import state_files
 from training.synthetic.head_model import EXPRESSION_UNITS, HeadParams
-from training.synthetic.latent import BLINK, LATENT_SIZE, SPARSE, SPARSE_UNITS, params_from_z
+from training.synthetic.latent import (BLINK, LATENT_SIZE, RARE_EXPRESSIONS, SPARSE, SPARSE_UNITS,
+                                       emphasise_rare_expressions, params_from_z)
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -225,18 +226,19 @@ def test_pairs_differ_only_in_expression_and_their_loss_term_trains():
 
 def test_emphasis_makes_each_picked_head_show_one_rare_expression():
     z = torch.randn(300, LATENT_SIZE, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(fit_teacher.emphasise_rare_expressions(z, 0.0, torch.Generator()), z)
-    emphasised = fit_teacher.emphasise_rare_expressions(z, 1.0, torch.Generator().manual_seed(1))
+    assert torch.equal(emphasise_rare_expressions(z, 0.0, torch.Generator()), z)
+    emphasised = emphasise_rare_expressions(z, 1.0, torch.Generator().manual_seed(1))
     changed = (emphasised != z).nonzero()
     assert changed[:, 0].tolist() == list(range(len(z)))  # one latent per head
-    rare = dict(fit_teacher.RARE_EXPRESSIONS)
-    assert set(changed[:, 1].tolist()) == set(rare)  # every rare expression, none else
+    assert set(changed[:, 1].tolist()) == {latent for latent, _ in RARE_EXPRESSIONS.values()}  # all, none else
     units = {BLINK: "blink_l", **{SPARSE + k: name for k, (name, _, _) in enumerate(SPARSE_UNITS)}}
     shown = params_from_z(emphasised.numpy())[:, HeadParams.expression]
     for head, latent in changed.tolist():
         assert shown[head, list(EXPRESSION_UNITS).index(units[latent])] > 0, (head, units[latent])
     before = params_from_z(z.numpy())[:, HeadParams.expression]
     assert (before[:, list(EXPRESSION_UNITS).index("blink_l")] > 0).mean() < 0.15  # rare without the emphasis
+    chosen = emphasise_rare_expressions(z, 1.0, torch.Generator().manual_seed(1), names=["eyes_closed", "brow_raise"])
+    assert set((chosen != z).nonzero()[:, 1].tolist()) == {BLINK, SPARSE + 1}  # only the named ones
 
 
 def test_outline_marks_the_pixels_near_the_masks_edge():

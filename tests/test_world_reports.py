@@ -16,6 +16,7 @@ from editkit.latents import camera_record, model_record, write_latent
 from editkit.models.student import Student
 from training import edit_report, pose_bias, world_report
 from training.fit_teacher import CONFIGS, build_teacher
+from training.make_directions import world_labels
 from training.synthetic import dataset
 from training.synthetic.head_model import HeadParams
 from training.synthetic.latent import params_from_z
@@ -128,6 +129,18 @@ def test_probe_measures_find_the_own_change_and_the_largest_other():
     assert numbers["largest_other"] == "skin_tone" and numbers["largest_other_slope"] == pytest.approx(-0.3)
     assert numbers["identity_probes"] == 40 and numbers["identity_shift_at_max"] == pytest.approx(0.2)
     assert numbers["identity_between_heads"] == pytest.approx(4 / 3, abs=1e-3)  # |0-1|, |0-2|, |1-2|
+
+
+def test_probe_samples_show_the_measured_rare_expressions(world_models):
+    G = load_generator(world_models[0])
+    z, _ = edit_report.probe_samples(G, 400, 3, 0.0, ["eyes_closed"])
+    assert np.array_equal(z, sample_latents(G, 400, seed=3)[0])  # no emphasis: the plain samples
+    def blinking(z):
+        return (world_labels("eyes_closed", params_from_z(z))[0] > 0).mean()
+
+    assert blinking(z) < 0.1
+    z, ws = edit_report.probe_samples(G, 400, 3, 0.5, ["eyes_closed"])
+    assert 0.4 < blinking(z) < 0.7 and ws.shape[:2] == (400, G.num_ws)
 
 
 def test_edit_report_end_to_end(world_models, tmp_path, capsys):

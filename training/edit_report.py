@@ -4,7 +4,9 @@ Moving a latent along a direction should change its own attribute and little els
 known for the generator's own samples (every z decodes to head parameters, `training.synthetic.latent.params_from_z`),
 but not for edited latents, so the edits are measured with probes calibrated on that truth:
 
-1. Probes. Samples z ~ N(0, I) (untruncated: the labels belong to z) are rendered at yaw -30, 0 or 30 deg; their
+1. Probes. Samples z ~ N(0, I) (untruncated: the labels belong to z; a share --emphasis of them made to show one
+   of the rare expressions among the measured directions, eyes closed, brow raise, jaw open, which the world's
+   own frequencies almost never show) are rendered at yaw -30, 0 or 30 deg; their
    features are the pooled activations of a frozen pretrained AlexNet (the LPIPS backbone of editkit.perceptual);
    one ridge regression per head parameter (and per derived attribute: smile, eyes_closed) maps features to the
    standardised parameter (closed form, penalty chosen per parameter by leave-one-out error on the training part).
@@ -46,14 +48,14 @@ from editkit.checkpoints import load_generator, named_model
 from editkit.editing import registry
 from editkit.editing.directions import Direction, DirectionError, apply_edits, load_direction
 from editkit.editing.render import render_images
-from editkit.editing.supervised import sample_latents
+from editkit.editing.supervised import map_latents, sample_latents
 from editkit.errors import EditkitError, one_line
 from editkit.io import atomic_write, check_outputs, output_group
 from editkit.latents import LATENT, LatentError, check_fits, check_model, read_latent
 from editkit.metrics import identity
 from training.make_directions import DERIVED, PARTS, world_labels
 from training.synthetic.head_model import PARAM_NAMES
-from training.synthetic.latent import LATENT_SIZE, params_from_z
+from training.synthetic.latent import LATENT_SIZE, RARE_EXPRESSIONS, emphasise_rare_expressions, params_from_z
 
 PROBE_YAWS = (-30.0, 0.0, 30.0)
 EDIT_YAWS = (0.0, -30.0, 30.0)  # the first is the table's
@@ -142,6 +144,17 @@ def world_targets(z: np.ndarray) -> np.ndarray:
     """(N, len(TARGETS)) ground truth of latents z: every head parameter, then the derived attributes."""
     params = params_from_z(z)
     return np.stack([world_labels(name, params)[0] for name in TARGETS], 1)
+
+
+def probe_samples(G, n: int, seed: int, emphasis: float, rare: list) -> tuple[np.ndarray, np.ndarray]:
+    """(z, ws) of the probes: z ~ N(0, I) (psi 1: the labels belong to z), a share `emphasis` of them made to show
+    one of the `rare` expressions, so that a probe can learn what they look like (2% of the world's heads close
+    their eyes fully: 12 of 600 probe images)."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, LATENT_SIZE, generator=generator)
+    if rare and emphasis > 0:
+        z = emphasise_rare_expressions(z, emphasis, generator, rare)
+    return z.numpy(), map_latents(G, z)
 
 
 def fit_probes(G, z: np.ndarray, ws: np.ndarray, n_train: int, features: AlexFeatures) -> tuple[Ridge, dict]:
@@ -446,6 +459,10 @@ def parse_args(argv):
     parser.add_argument("--truncation", type=float, default=0.7, help="psi of the edited latents (default 0.7)")
     parser.add_argument("--min-r2", type=float, default=0.25,
                         help="probes below this held-out R^2 are not used for other-attribute and identity changes")
+    parser.add_argument("--emphasis", type=float, default=0.5,
+                        help="share of probe samples made to show one of the measured rare expressions (eyes closed, "
+                             "brow raise, jaw open...), which the world's own frequencies almost never show "
+                             "(default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite an existing report in --out")
     return parser.parse_args(argv)
@@ -478,12 +495,14 @@ def main(argv=None) -> int:
                                  else ([], None))
         features, faces = AlexFeatures(), Faces()
         # the first model's mapping makes every latent (a student shares its teacher's w space)
-        z, probe_ws = sample_latents(G, args.train + args.heldout, args.seed, truncation_psi=1.0)
+        rare = [d.attribute for d in directions if d.attribute in RARE_EXPRESSIONS]
+        z, probe_ws = probe_samples(G, args.train + args.heldout, args.seed, args.emphasis, rare)
         _, ws = sample_latents(G, args.latents, args.seed + 1, args.truncation)  # seed + 1: not the probes' samples
         ws = torch.from_numpy(ws)
         report = {"settings": {"model": args.model, "student": args.student, "train": args.train,
                                "heldout": args.heldout, "latents": args.latents, "strengths": strengths.tolist(),
                                "truncation_psi": args.truncation,
+                               "probe_emphasis": {"share": args.emphasis if rare else 0.0, "expressions": rare},
                                "probe_yaws": list(PROBE_YAWS), "edit_yaws": list(EDIT_YAWS), "min_r2": args.min_r2,
                                "seed": args.seed, "features": f"LPIPS AlexNet ReLU1-5, {POOL}x{POOL} average pool",
                                "identity_network": faces.embedder.name},

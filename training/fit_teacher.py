@@ -53,7 +53,7 @@ from editkit.metrics.image import psnr
 from editkit.models.eg3d import TriPlaneGenerator
 from editkit.models.eg3d.configs import rendering_kwargs
 from training.state import load_latest_state, save_state, state_files
-from training.synthetic.latent import (APPEARANCE, BLINK, BLINK_SHARE, LATENT_SIZE, SMILE, SPARSE, SPARSE_UNITS,
+from training.synthetic.latent import (APPEARANCE, BLINK, LATENT_SIZE, SMILE, SPARSE, emphasise_rare_expressions,
                                        params_from_z)
 
 DEMO = dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
@@ -91,8 +91,6 @@ OUTLINE_PIXELS = 2
 EXPRESSION_PROBES = (("smile", SMILE), ("jaw_open", SPARSE), ("eyes_closed", BLINK), ("brow_raise", SPARSE + 1))
 EXPRESSION_LOW, EXPRESSION_HIGH = -2.0, 2.5
 EXPRESSION_LATENTS = slice(SMILE, APPEARANCE)  # smile, blink, the sparse units, gaze
-# (latent, share of heads that show it) of the expressions that are mostly off: blink and the sparse units
-RARE_EXPRESSIONS = ((BLINK, BLINK_SHARE), *((SPARSE + k, share) for k, (_, share, _) in enumerate(SPARSE_UNITS)))
 
 
 def teacher_kwargs(config: dict) -> dict:
@@ -142,23 +140,6 @@ def sample_batch(generator: torch.Generator, settings: dict) -> tuple[torch.Tens
         if settings["pair_emphasis"] > 0:
             z[half:2 * half] = emphasise_rare_expressions(z[half:2 * half], settings["pair_emphasis"], generator)
     return z, labels
-
-
-def emphasise_rare_expressions(z: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
-    """z with, in each row picked with `probability`, one RARE_EXPRESSIONS latent set so that the world shows that
-    expression: u = Phi(z / rms(z)) (what `params_from_z` reads) uniform over the top `share`."""
-    n = len(z)
-    picked = torch.rand(n, generator=generator) < probability
-    unit = torch.randint(len(RARE_EXPRESSIONS), (n,), generator=generator)
-    latent = torch.tensor([index for index, _ in RARE_EXPRESSIONS])[unit]
-    share = torch.tensor([share for _, share in RARE_EXPRESSIONS])[unit]
-    target = torch.special.ndtri(1 - share * torch.rand(n, generator=generator).clamp_min(1e-3))
-    # z_k / rms(z) = t  <=>  z_k = t * sqrt(S / (n - t^2)), S the sum of the other squares
-    others = z.pow(2).sum(1) - z[torch.arange(n), latent].pow(2)
-    value = target * (others / (z.shape[1] - target ** 2)).sqrt()
-    z = z.clone()
-    z[picked, latent[picked]] = value[picked]
-    return z
 
 
 def outline_map(mask: torch.Tensor, pixels: int = OUTLINE_PIXELS) -> torch.Tensor:

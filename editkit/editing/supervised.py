@@ -141,13 +141,18 @@ def fit_direction(ws, scores, attribute: str, method: str = "svm", space: str = 
 # ------------------------------------------------------------------------------------------- samples and labels
 
 
-@torch.no_grad()
 def sample_latents(G, n: int, seed: int = 0, truncation_psi: float = 1.0, batch: int = 64):
     """(z (n, z_dim), ws (n, num_ws, w_dim)) numpy arrays; z ~ N(0, 1) from `seed`, mapped with the frontal camera."""
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    return z.numpy(), map_latents(G, z, truncation_psi, batch)
+
+
+@torch.no_grad()
+def map_latents(G, z: torch.Tensor, truncation_psi: float = 1.0, batch: int = 64) -> np.ndarray:
+    """ws (n, num_ws, w_dim) of latents z (n, z_dim), mapped with the frontal camera."""
     ws = [G.mapping(chunk, frontal_label().expand(len(chunk), -1), truncation_psi=truncation_psi)
           for chunk in z.split(batch)]
-    return z.numpy(), torch.cat(ws).numpy()
+    return torch.cat(ws).numpy()
 
 
 def landmark_scores(G, ws, attribute: str, yaw: float = 0.0, pitch: float = 0.0, batch: int = 8) -> np.ndarray:

@@ -15,6 +15,7 @@ same head, and a direction fitted to these parameters is fitted to ground truth.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.special import betaincinv, ndtr
 
 from training.synthetic.head_model import EXPRESSION_UNITS, HeadParams
@@ -33,6 +34,9 @@ GAZE = SPARSE + len(SPARSE_UNITS)
 APPEARANCE = GAZE + 2
 LIGHTING = APPEARANCE + len(HeadParams.APPEARANCE)
 LATENT_SIZE = LIGHTING + len(HeadParams.LIGHTING)
+# attribute -> (latent, share of heads that show it) of the expressions that are mostly off: blink and the sparse units
+RARE_EXPRESSIONS = {"eyes_closed": (BLINK, BLINK_SHARE),
+                    **{name: (SPARSE + k, share) for k, (name, share, _) in enumerate(SPARSE_UNITS)}}
 
 
 def normalize_latent(z: np.ndarray) -> np.ndarray:
@@ -93,3 +97,23 @@ def params_from_z(z) -> np.ndarray:
     ], 1)
     p = p.astype(np.float32)
     return p[0] if single else p
+
+
+def emphasise_rare_expressions(z: torch.Tensor, probability: float, generator: torch.Generator,
+                               names=None) -> torch.Tensor:
+    """z with, in each row picked with `probability`, one of the RARE_EXPRESSIONS `names` (default all) set so that
+    the world shows that expression: u = Phi(z / rms(z)) (what `params_from_z` reads) uniform over the top `share`.
+    Without emphasis a rare expression hardly occurs in a sample (2% of the heads close their eyes fully)."""
+    rare = [RARE_EXPRESSIONS[name] for name in (RARE_EXPRESSIONS if names is None else names)]
+    n = len(z)
+    picked = torch.rand(n, generator=generator) < probability
+    unit = torch.randint(len(rare), (n,), generator=generator)
+    latent = torch.tensor([index for index, _ in rare])[unit]
+    share = torch.tensor([share for _, share in rare])[unit]
+    target = torch.special.ndtri(1 - share * torch.rand(n, generator=generator).clamp_min(1e-3))
+    # z_k / rms(z) = t  <=>  z_k = t * sqrt(S / (n - t^2)), S the sum of the other squares
+    others = z.pow(2).sum(1) - z[torch.arange(n), latent].pow(2)
+    value = target * (others / (z.shape[1] - target ** 2)).sqrt()
+    z = z.clone()
+    z[picked, latent[picked]] = value[picked]
+    return z
