@@ -160,6 +160,7 @@ def test_edit_report_end_to_end(world_models, tmp_path, capsys):
     report = json.loads((out / "edit_report.json").read_text())
     assert list(report["models"]) == ["teacher", "small"] and list(report["photos"]["models"]) == ["teacher", "small"]
     assert report["photos"]["latents"] == ["anna", "ben", "cleo"]
+    assert set(report["ground_truth_probe_r2"]) == set(edit_report.TARGETS)
     for model, photo_model in zip(report["models"].values(), report["photos"]["models"].values()):
         assert set(model["probe_r2"]) == set(edit_report.TARGETS)
         per_yaw, photo_per_yaw = model["directions"]["skin_tone"], photo_model["directions"]["skin_tone"]
@@ -171,6 +172,7 @@ def test_edit_report_end_to_end(world_models, tmp_path, capsys):
     assert Image.open(out / "photo_grid.png").size == grid.size
     table = capsys.readouterr().out
     assert "| teacher | skin_tone |" in table and "| small | skin_tone |" in table
+    assert "| probe | ground truth | teacher | small |" in table
     assert "Inverted photos (anna, ben, cleo)" in table
     stranger = tmp_path / "stranger"  # a latent of a model outside the measured w space is refused
     write_latent(stranger, torch.from_numpy(ws[:1]), {"model": {"name": "other", "sha256": "0" * 64},

@@ -10,7 +10,8 @@ but not for edited latents, so the edits are measured with probes calibrated on 
    features are the pooled activations of a frozen pretrained AlexNet (the LPIPS backbone of editkit.perceptual);
    one ridge regression per head parameter (and per derived attribute: smile, eyes_closed) maps features to the
    standardised parameter (closed form, penalty chosen per parameter by leave-one-out error on the training part).
-   The held-out R^2 says how visible each attribute is in the model's images at all.
+   The held-out R^2 says how visible each attribute is in the model's images at all; probes fitted the same way on
+   the world's own renders of the same samples say how visible it is in the truth (the most a model can reach).
 2. Edits. M fixed latents (w from the mapping, frontal camera, truncation psi as in `editkit eval`) are moved along
    each direction with strengths s and rendered at yaw 0 and +-30 deg. Per direction and yaw: the probes' change of
    the own attribute per unit strength (slope through the unedited render, in standard deviations of the
@@ -157,16 +158,34 @@ def probe_samples(G, n: int, seed: int, emphasis: float, rare: list) -> tuple[np
     return z.numpy(), map_latents(G, z)
 
 
-def fit_probes(G, z: np.ndarray, ws: np.ndarray, n_train: int, features: AlexFeatures) -> tuple[Ridge, dict]:
-    """Probes fitted on G's renders of the first n_train samples (z, ws) (yaws cycling through PROBE_YAWS), with
-    the held-out R^2 on the others."""
-    yaws = np.resize(PROBE_YAWS, len(z))
-    images = render_images(G, torch.from_numpy(ws), cameras.make_label(yaws.tolist(), 0.0).float(),
-                           desc="rendering probe samples")
+def probe_views(n: int) -> torch.Tensor:
+    """(n, 25) camera labels of the probe samples: yaw cycling through PROBE_YAWS, pitch 0."""
+    return cameras.make_label(np.resize(PROBE_YAWS, n).tolist(), 0.0).float()
+
+
+def fit_probes(images: np.ndarray, z: np.ndarray, n_train: int, features: AlexFeatures) -> tuple[Ridge, dict]:
+    """Probes fitted on the features of the first n_train images (uint8, of samples z), with the held-out R^2 on
+    the others."""
     x, y = features(images), world_targets(z)
     probe = Ridge.fit(x[:n_train], y[:n_train])
     r2 = probe.r2(x[n_train:], y[n_train:])
     return probe, {name: None if np.isnan(v) else round(float(v), 3) for name, v in zip(TARGETS, r2)}
+
+
+def model_probe_images(G, ws: np.ndarray) -> np.ndarray:
+    """G's renders of the probe samples' ws at the probe views."""
+    return render_images(G, torch.from_numpy(ws), probe_views(len(ws)), desc="rendering probe samples")
+
+
+def truth_probe_images(z: np.ndarray, resolution: int, batch: int = 50) -> np.ndarray:
+    """The demo world's own renders of the probe samples, at the same views: what a probe fitted on them sees is
+    the most that it can see in a model's renders."""
+    from training.synthetic.render import HeadRenderer  # needs EGL: import only when rendering
+
+    renderer, labels = HeadRenderer(resolution), probe_views(len(z)).double().numpy()
+    images = [renderer.render_batch(params_from_z(z[i:i + batch]), labels[i:i + batch])["image"]
+              for i in range(0, len(z), batch)]
+    return (np.clip(np.concatenate(images), 0, 1) * 255).round().astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------------- edits
@@ -379,9 +398,10 @@ def markdown(models: dict, directions: dict) -> str:
 
 
 def probe_table(report: dict) -> str:
-    """Held-out R^2 of every probe that is not an identity parameter, and the identity parameters' mean."""
+    """Held-out R^2 of every probe that is not an identity parameter, and the identity parameters' mean, for the
+    ground truth's renders and each model's."""
     names = [n for n in TARGETS if n not in IDENTITY]
-    models = report["models"]
+    models = {"ground truth": {"probe_r2": report["ground_truth_probe_r2"]}, **report["models"]}
     lines = ["| probe | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     lines.append("| id00..id39 (mean) | " + " | ".join(
         fmt(mean_or_none([m["probe_r2"][n] for n in IDENTITY]), sign="") for m in models.values()) + " |")
@@ -511,9 +531,11 @@ def main(argv=None) -> int:
                   "models": {}}
         if args.photos:
             report["photos"] = {"latents": photo_names, "models": {}}
+        _, report["ground_truth_probe_r2"] = fit_probes(truth_probe_images(z, G.img_resolution), z, args.train,
+                                                        features)
         grids, photo_grids = {}, {}
         for name, generator in models.items():
-            probe, r2 = fit_probes(generator, z, probe_ws, args.train, features)
+            probe, r2 = fit_probes(model_probe_images(generator, probe_ws), z, args.train, features)
             measure = [directions, strengths, probe, r2, features, faces, args.min_r2]
             numbers, grids[name] = measure_model(generator, name, ws, *measure)
             report["models"][name] = {"probe_r2": r2, **numbers}
