@@ -135,6 +135,7 @@ def test_probe_samples_show_the_measured_rare_expressions(world_models):
     G = load_generator(world_models[0])
     z, _ = edit_report.probe_samples(G, 400, 3, 0.0, ["eyes_closed"])
     assert np.array_equal(z, sample_latents(G, 400, seed=3)[0])  # no emphasis: the plain samples
+
     def blinking(z):
         return (world_labels("eyes_closed", params_from_z(z))[0] > 0).mean()
 

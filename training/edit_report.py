@@ -6,8 +6,8 @@ but not for edited latents, so the edits are measured with probes calibrated on 
 
 1. Probes. Samples z ~ N(0, I) (untruncated: the labels belong to z; a share --emphasis of them made to show one
    of the rare expressions among the measured directions, eyes closed, brow raise, jaw open, which the world's
-   own frequencies almost never show) are rendered at yaw -30, 0 or 30 deg; their
-   features are the pooled activations of a frozen pretrained AlexNet (the LPIPS backbone of editkit.perceptual);
+   own frequencies almost never show) are rendered at yaw -30, 0 or 30 deg; their features are the pooled
+   activations of a frozen pretrained AlexNet (the LPIPS backbone of editkit.perceptual);
    one ridge regression per head parameter (and per derived attribute: smile, eyes_closed) maps features to the
    standardised parameter (closed form, penalty chosen per parameter by leave-one-out error on the training part).
    The held-out R^2 says how visible each attribute is in the model's images at all; probes fitted the same way on
