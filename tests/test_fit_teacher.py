@@ -32,7 +32,9 @@ TINY = {**DEFAULTS, "config": "tiny", "lpips": "none", "lr": 3e-3, "batch": 2}
 def test_a_few_steps_raise_held_out_psnr(tmp_path):
     torch.manual_seed(TINY["seed"])  # run() seeds the same way, so this is the run's starting point
     start = build_teacher(CONFIGS["tiny"])
-    before = evaluate(start, evaluation_set(GroundTruth(128, 16), heads=2))
+    data = evaluation_set(GroundTruth(128, 16), heads=2)
+    before = evaluate(start, data)
+    assert evaluate(start, data) == before  # the same ray offsets each time
     after = run(tmp_path / "run", TINY, max_steps=12, eval_heads=2)
     assert after["psnr"] > before["psnr"] + 1.0, (before, after)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -42,6 +42,7 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -281,6 +282,15 @@ def render(G, z: torch.Tensor, labels: torch.Tensor, batch: int = 10) -> dict:
     return {key: torch.cat(value) for key, value in out.items()}
 
 
+@contextmanager
+def evaluation_ray_offsets():
+    """Inside: the volume renderer's random ray offsets are drawn from EVAL_SEED; the global generator is left as
+    it was. Two evaluations of the same weights give the same numbers, and the fit's own draws do not change."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EVAL_SEED)
+        yield
+
+
 @torch.no_grad()
 def probe_images(G, data: dict) -> torch.Tensor:
     """G's images of the expression probes; each (probe, low/high) group is rendered with the same random ray
@@ -289,8 +299,7 @@ def probe_images(G, data: dict) -> torch.Tensor:
     z, labels = data["probe_z"].view(groups, -1, LATENT_SIZE), data["probe_labels"].view(groups, -1, 25)
     images = []
     for group in range(groups):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(EVAL_SEED)
+        with evaluation_ray_offsets():
             images.append(render(G, z[group], labels[group], batch=len(z[group]))["image"])
     return torch.cat(images).clamp(-1, 1)
 
@@ -309,9 +318,10 @@ def silhouette(out: dict, data: dict) -> dict:
 def evaluate(G, data: dict) -> dict:
     """PSNR (dB) of the image at the output size, mean depth error inside the head (scene units), the outline's
     PSNR and the head's size (`silhouette`), and how the image follows the probed expression latents
-    (`expression_response`)."""
+    (`expression_response`); repeatable (`evaluation_ray_offsets`)."""
     G.eval()
-    out = render(G, data["z"], data["labels"])
+    with evaluation_ray_offsets():
+        out = render(G, data["z"], data["labels"])
     inside = data["inside"]
     depth_error = float(((out["image_depth"] - data["depth"]).abs() * inside).sum()) / max(int(inside.sum()), 1)
     return {"psnr": float(psnr(out["image"], data["image"]).mean()), "depth_error": depth_error,
