@@ -197,6 +197,10 @@ def test_feature_weights_cover_where_the_truths_expressions_change():
     around_features = probes["features"].view(shape)[:, 1, :, 0] > 0.1
     inside = (change * around_features).sum((-2, -1)) / change.sum((-2, -1))
     assert (inside > 0.7).all(), inside  # smiling and opening the jaw change the image around the landmarks
+    assert data["eyes"].mean() < data["features"].mean() / 3  # the eyes only
+    blink = [name for name, _ in fit_teacher.EXPRESSION_PROBES].index("eyes_closed")
+    around_eyes = probes["eyes"].view(shape)[blink, 1, :, 0] > 0.1
+    assert ((change[blink] * around_eyes).sum() / change[blink].sum()) > 0.7  # a blink changes the eyes
 
 
 def test_expression_response_is_one_for_the_truth_and_zero_for_a_generator_that_ignores_it():
@@ -209,8 +213,8 @@ def test_expression_response_is_one_for_the_truth_and_zero_for_a_generator_that_
     assert all(v == {"cosine": 0.0, "size": 0.0} for v in ignores.values()), ignores
 
 
-def test_pairs_differ_only_in_expression_and_their_loss_term_trains():
-    settings = {**TINY, "batch": 4, "pair_weight": 1.0, "outline_weight": 1.0}
+def test_pairs_differ_only_in_expression_and_their_loss_terms_train():
+    settings = {**TINY, "batch": 4, "pair_weight": 1.0, "outline_weight": 1.0, "eye_weight": 1.0}
     z, labels = fit_teacher.sample_batch(torch.Generator().manual_seed(0), settings)
     expression = fit_teacher.EXPRESSION_LATENTS
     others = torch.ones(z.shape[1], dtype=torch.bool)
@@ -221,7 +225,7 @@ def test_pairs_differ_only_in_expression_and_their_loss_term_trains():
     G = build_teacher(CONFIGS["tiny"])
     truth = GroundTruth(128, 16)(z, labels)
     terms = fit_teacher.fit_losses(G, None, truth, z, labels, settings, torch.Generator().manual_seed(1), step=0)
-    assert terms["pairs"] > 0 and terms["outline"] > 0
+    assert terms["pairs"] > 0 and terms["outline"] > 0 and terms["eyes"] > 0
     terms["pairs"].backward()
     assert G.plane_basis.grad.abs().sum() > 0  # the expression change reaches the per-head plane basis
 

@@ -22,6 +22,8 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   pixels otherwise); expression pairs (`pair_weight`: batches of heads repeated with new expression latents, the
   teacher's change within each pair against the truth's); `pair_emphasis`: re-drawn heads of the pairs show a rare
   expression (blink, brow raise...) that the world's own frequencies almost never put in a batch;
+- `eye_weight`: the image and pair terms again within blobs around the eyes only (`EYE_LANDMARKS`): a blink
+  changes ~2% of the image, and after every change above the teacher still drew it faintly (eye response 0.29);
 - `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
 - once the head is formed, no density smoothness and the opacity term weighted 3x (`--density-reg 0
   --opacity-weight 3`): the smoothness term keeps a soft shell around the head, drawn ~3% too large in area
@@ -81,7 +83,7 @@ CONFIGS = {
 DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, seed=0, lpips="vgg",
                 lpips_weight=0.3, lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0,
                 density_reg=0.25, ema_beta=0.998, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0,
-                pair_emphasis=0.0, outline_weight=0.0)
+                pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
 ADJUSTABLE = ("lr", "offset_lr", "basis_lr")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -89,6 +91,8 @@ EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
 # image size they weight 18% of the image and hold ~80% of what smiling or opening the jaw changes (measured)
 FEATURE_LANDMARKS = [*range(5, 12), *range(17, 68)]
 FEATURE_SIGMA = 0.04
+# both eyes with their lids (68-point scheme): closing them changes ~2% of the image (380 px at 128 px, measured)
+EYE_LANDMARKS = list(range(36, 48))
 # the head's outline: pixels within this many of the mask's edge; 13% of the image, 73% of the shipped teacher's
 # squared error (measured on the evaluation heads, 2026-12-03)
 OUTLINE_PIXELS = 2
@@ -153,10 +157,10 @@ def outline_map(mask: torch.Tensor, pixels: int = OUTLINE_PIXELS) -> torch.Tenso
     return F.max_pool2d(mask, size, 1, pixels) + F.max_pool2d(-mask, size, 1, pixels)
 
 
-def feature_map(landmarks: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(N, 1, R, R) in [0, 1]: the largest Gaussian blob over the facial-feature landmarks (N, 68, 2 pixels)."""
+def feature_map(landmarks: torch.Tensor, resolution: int, indices=FEATURE_LANDMARKS) -> torch.Tensor:
+    """(N, 1, R, R) in [0, 1]: the largest Gaussian blob over the landmarks `indices` (of (N, 68, 2) pixels)."""
     centres = torch.arange(resolution, dtype=torch.float32) + 0.5
-    points = landmarks[:, FEATURE_LANDMARKS].float()
+    points = landmarks[:, indices].float()
     dx = (centres[None, None, :] - points[..., :1]) ** 2  # (N, L, R) along x
     dy = (centres[None, None, :] - points[..., 1:]) ** 2  # (N, L, R) along y
     sigma2 = 2 * (FEATURE_SIGMA * resolution) ** 2
@@ -180,8 +184,10 @@ class GroundTruth:
         mask = torch.from_numpy(out["mask"])[:, None]
         depth = torch.from_numpy(out["depth"])[:, None]
         coverage = F.avg_pool2d(mask, self.factor)
+        landmarks = torch.from_numpy(out["landmarks2d"])
         return {"image": image, "image_raw": F.avg_pool2d(image, self.factor),
-                "features": feature_map(torch.from_numpy(out["landmarks2d"]), image.shape[-1]),
+                "features": feature_map(landmarks, image.shape[-1]),
+                "eyes": feature_map(landmarks, image.shape[-1], EYE_LANDMARKS),
                 "outline": outline_map(mask),
                 "depth": F.avg_pool2d(depth * mask, self.factor) / coverage.clamp_min(1e-6),
                 "coverage": coverage, "inside": coverage > 0.999}
@@ -222,13 +228,19 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     if lpips is not None and step >= settings["lpips_after"]:
         terms["lpips"] = lpips(out["image"], truth["image"]).mean()
         total = total + settings["lpips_weight"] * terms["lpips"]
+    half = len(z) // 2
+    pair_error = None
     if settings["pair_weight"] > 0:  # the expression change within each pair (sample_batch), around the features
-        half = len(z) // 2
         change = out["image"][:half] - out["image"][half:2 * half]
-        true_change = truth["image"][:half] - truth["image"][half:2 * half]
-        weights = torch.maximum(features[:half], features[half:2 * half])
-        terms["pairs"] = weighted_l1((change - true_change).abs(), weights)
+        pair_error = (change - (truth["image"][:half] - truth["image"][half:2 * half])).abs()
+        terms["pairs"] = weighted_l1(pair_error, torch.maximum(features[:half], features[half:2 * half]))
         total = total + settings["pair_weight"] * terms["pairs"]
+    if settings["eye_weight"] > 0:  # the eyes again, image and pair change: blinks are small and were not learned
+        eyes = truth["eyes"]
+        terms["eyes"] = weighted_l1(error, eyes)
+        if pair_error is not None:
+            terms["eyes"] = terms["eyes"] + weighted_l1(pair_error, torch.maximum(eyes[:half], eyes[half:2 * half]))
+        total = total + settings["eye_weight"] * terms["eyes"]
     if settings["density_reg"] > 0:
         terms["density"] = density_smoothness(G, G._last_planes, generator)
         total = total + settings["density_reg"] * terms["density"]
