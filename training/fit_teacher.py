@@ -24,6 +24,7 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   expression (blink, brow raise...) that the world's own frequencies almost never put in a batch;
 - `eye_weight`: the image and pair terms again within blobs around the eyes only (`EYE_LANDMARKS`): a blink
   changes ~2% of the image, and after every change above the teacher still drew it faintly (eye response 0.29);
+  weight 4 raised that by only 0.01-0.02 in 900 steps (40-minute A/B), so it stays off;
 - `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
 - once the head is formed, no density smoothness and the opacity term weighted 3x (`--density-reg 0
   --opacity-weight 3`): the smoothness term keeps a soft shell around the head, drawn ~3% too large in area
