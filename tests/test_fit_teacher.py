@@ -66,8 +66,10 @@ def test_export_loads_by_path_and_renders(tmp_path):
         assert tensor is not None and tensor.abs().max() > 0
     assert "init_from" not in config["provenance"]
     run(tmp_path / "continued", TINY, max_steps=1, eval_heads=1, init_from=out)
-    again = fit_teacher.export(tmp_path / "continued", tmp_path / "continued.safetensors")
+    again = fit_teacher.export(tmp_path / "continued", tmp_path / "continued.safetensors", half=True)
     assert read_config(again)["provenance"]["init_from"] == {"path": str(out), "sha256": sha256_file(out)}
+    assert read_config(again)["provenance"]["stored_as"] == "float16"
+    run(tmp_path / "from-half", TINY, max_steps=1, eval_heads=1, init_from=again)  # float16 weights start a run
     ws = G.mapping(torch.randn(1, G.z_dim), torch.zeros(1, 25))
     image = G.synthesis(ws, frontal_label().float())["image"]
     assert image.shape == (1, 3, 128, 128) and torch.isfinite(image).all()

@@ -79,6 +79,9 @@ CONFIGS = {
     "wide": {**DEMO, "channel_base": 8192, "channel_max": 128},
     # the basis teacher with that backbone; --init-from a 'basis' teacher widens it, keeping what it draws
     "basis-wide": {**DEMO, "plane_offset": True, "plane_basis": 16, "channel_base": 8192, "channel_max": 128},
+    # basis-wide with 48 basis tensors (--init-from a 16-tensor teacher adds 32 at zero): flat, not adopted
+    # (docs/demo_teacher.md, "What is missing")
+    "basis48-wide": {**DEMO, "plane_offset": True, "plane_basis": 48, "channel_base": 8192, "channel_max": 128},
     # a few seconds per step: for tests
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6, plane_offset=True, plane_basis=4, plane_basis_resolution=16),
@@ -497,8 +500,9 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     return result
 
 
-def export(run_dir: Path, out: Path, force: bool = False) -> Path:
-    """Save the run's EMA generator as an editkit checkpoint (safetensors + JSON with provenance)."""
+def export(run_dir: Path, out: Path, force: bool = False, half: bool = False) -> Path:
+    """Save the run's EMA generator as an editkit checkpoint (safetensors + JSON with provenance; `half`: float16
+    tensors, as `save_model`)."""
     state = load_latest_state(run_dir)
     if state is None:
         raise SystemExit(f"{run_dir}: no training state to export")
@@ -517,7 +521,7 @@ def export(run_dir: Path, out: Path, force: bool = False) -> Path:
                   "metrics": evals[-1] if evals else {}}
     if (run_dir / INIT_RECORD).is_file():
         provenance["init_from"] = json.loads((run_dir / INIT_RECORD).read_text())
-    return save_model(out, {"G": G}, provenance=provenance, overwrite=force)
+    return save_model(out, {"G": G}, provenance=provenance, overwrite=force, half=half)
 
 
 def settings_for(run_dir: Path, overrides: dict) -> dict:
@@ -557,6 +561,7 @@ def main(argv=None) -> int:
     parser.add_argument("--export", type=Path, default=None, metavar="OUT.safetensors",
                         help="instead of fitting, save the run's EMA generator here")
     parser.add_argument("--force", action="store_true", help="let --export overwrite")
+    parser.add_argument("--half", action="store_true", help="--export float16 weights (half the file)")
     for key, value in DEFAULTS.items():
         when = "new runs, or changed for this and later resumes" if key in ADJUSTABLE else "new runs"
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
@@ -564,7 +569,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.export:
-            print(f"wrote {export(args.run, args.export, args.force)}")
+            print(f"wrote {export(args.run, args.export, args.force, args.half)}")
             return 0
         settings = settings_for(args.run, {k: getattr(args, k) for k in DEFAULTS})
         run(args.run, settings, args.minutes, args.max_steps, args.checkpoint_minutes, args.eval_minutes,
