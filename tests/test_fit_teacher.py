@@ -2,6 +2,7 @@
 damaged newest state), exports."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -39,6 +40,16 @@ def test_a_few_steps_raise_held_out_psnr(tmp_path):
     assert after["psnr"] > before["psnr"] + 1.0, (before, after)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == 12
+
+
+def test_a_low_resolution_start_renders_small_then_the_configs_size(tmp_path):
+    result = run(tmp_path / "run", {**TINY, "low_res_steps": 2, "low_res": 8}, max_steps=4, eval_heads=1, log_every=1)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["resolution"] for r in steps if "resolution" in r] == [8, 8, 16, 16]
+    assert all(math.isfinite(r["raw"]) and math.isfinite(r["depth"]) for r in steps if "raw" in r)
+    assert math.isfinite(result["psnr"])  # evaluated at the config's size (the EMA copy keeps it)
+    truth = GroundTruth(128, 16)(torch.randn(1, LATENT_SIZE), frontal_label().float(), 8)
+    assert truth["image_raw"].shape[-1] == truth["depth"].shape[-1] == 8 and truth["image"].shape[-1] == 128
 
 
 def test_resume_after_interruption_gives_the_same_weights(tmp_path):

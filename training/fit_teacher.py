@@ -89,7 +89,7 @@ CONFIGS = {
 DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, seed=0, lpips="vgg",
                 lpips_weight=0.3, lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0,
                 density_reg=0.25, ema_beta=0.99, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0,
-                pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0)
+                pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0, low_res_steps=0, low_res=32)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
 ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "ema_beta")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -139,6 +139,11 @@ def sample_cameras(generator: torch.Generator, n: int, yaw_range: float, pitch_s
     return cameras.make_label(yaw, pitch).float()
 
 
+def rendering_resolution(settings: dict, config: dict, step: int) -> int:
+    """The volume render's size at `step`: `low_res` for the first `low_res_steps`, then the config's."""
+    return settings["low_res"] if step < settings["low_res_steps"] else config["neural_rendering_resolution"]
+
+
 def sample_batch(generator: torch.Generator, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents and cameras of one step. With `pair_weight`, the second half of the batch repeats the first half's
     heads and cameras with their expression latents drawn anew: pairs that differ only in expression. With
@@ -182,20 +187,23 @@ class GroundTruth:
         from training.synthetic.render import HeadRenderer  # needs EGL: import only when rendering
 
         self.renderer = HeadRenderer(resolution)
-        self.factor = resolution // neural_resolution
+        self.resolution, self.neural_resolution = resolution, neural_resolution
 
-    def __call__(self, z: torch.Tensor, labels: torch.Tensor) -> dict:
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor, neural_resolution: int | None = None) -> dict:
+        """The truth of latents z at labels; raw image, depth and mask at `neural_resolution` (default: the
+        constructor's)."""
+        factor = self.resolution // (neural_resolution or self.neural_resolution)
         out = self.renderer.render_batch(params_from_z(z.numpy()), labels.double().numpy())
         image = torch.from_numpy(out["image"]).permute(0, 3, 1, 2) * 2 - 1
         mask = torch.from_numpy(out["mask"])[:, None]
         depth = torch.from_numpy(out["depth"])[:, None]
-        coverage = F.avg_pool2d(mask, self.factor)
+        coverage = F.avg_pool2d(mask, factor)
         landmarks = torch.from_numpy(out["landmarks2d"])
-        return {"image": image, "image_raw": F.avg_pool2d(image, self.factor),
+        return {"image": image, "image_raw": F.avg_pool2d(image, factor),
                 "features": feature_map(landmarks, image.shape[-1]),
                 "eyes": feature_map(landmarks, image.shape[-1], EYE_LANDMARKS),
                 "outline": outline_map(mask),
-                "depth": F.avg_pool2d(depth * mask, self.factor) / coverage.clamp_min(1e-6),
+                "depth": F.avg_pool2d(depth * mask, factor) / coverage.clamp_min(1e-6),
                 "coverage": coverage, "inside": coverage > 0.999}
 
 
@@ -472,7 +480,8 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     while (minutes is None or time.time() - start < minutes * 60) and (max_steps is None or step < max_steps):
         t0 = time.time()
         z, labels = sample_batch(generator, settings)
-        target = to_device(truth(z, labels), device)  # rendered on the CPU
+        G.neural_rendering_resolution = rendering_resolution(settings, config, step)
+        target = to_device(truth(z, labels, G.neural_rendering_resolution), device)  # rendered on the CPU
         terms = fit_losses(G, lpips, target, z.to(device), labels.to(device), settings, generator, step)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -484,7 +493,7 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
         bar.set_postfix(loss=f"{terms['total'].detach().item():.3f}", refresh=False)
         if step % log_every == 0:
             log({"step": step, "minutes": round(elapsed / 60, 2), "sec_per_step": round(time.time() - t0, 3),
-                 **{k: round(v.item(), 5) for k, v in terms.items()}})
+                 "resolution": G.neural_rendering_resolution, **{k: round(v.item(), 5) for k, v in terms.items()}})
         if time.time() - last_eval >= eval_minutes * 60:
             log({"step": step, "minutes": round(elapsed / 60, 2), "eval": evaluate(G_ema, eval_data)})
             last_eval = time.time()
