@@ -197,7 +197,7 @@ def save_model(path, modules: dict, provenance: dict | None = None, overwrite: b
 def to_half(tensor: torch.Tensor, name: str) -> torch.Tensor:
     """`tensor` as float16; a value beyond float16's range (65504) is an error, not a silent inf."""
     small = tensor.half()
-    if not torch.isfinite(small).all() and torch.isfinite(tensor).all():
+    if (torch.isfinite(tensor) & ~torch.isfinite(small)).any():
         raise CheckpointError(f"{name}: values beyond float16's range ({float(tensor.abs().max()):.3g}); "
                               "save it without half precision")
     return small

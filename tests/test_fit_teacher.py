@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from editkit.cameras import frontal_label
@@ -50,6 +51,9 @@ def test_a_low_resolution_start_renders_small_then_the_configs_size(tmp_path):
     assert math.isfinite(result["psnr"])  # evaluated at the config's size (the EMA copy keeps it)
     truth = GroundTruth(128, 16)(torch.randn(1, LATENT_SIZE), frontal_label().float(), 8)
     assert truth["image_raw"].shape[-1] == truth["depth"].shape[-1] == 8 and truth["image"].shape[-1] == 128
+    with pytest.raises(SystemExit, match="--low-res 48 must divide the output size"):
+        settings_for(tmp_path / "bad", {"config": "tiny", "low_res_steps": 10, "low_res": 48})
+    assert not (tmp_path / "bad" / "settings.json").exists()
 
 
 def test_resume_after_interruption_gives_the_same_weights(tmp_path):
@@ -165,6 +169,8 @@ def test_a_resume_at_a_lower_rate_is_kept_by_the_next_plain_resume(tmp_path):
 FIT = """
 import sys
 from pathlib import Path
+
+import pytest
 from training.fit_teacher import DEFAULTS, run
 settings = {**DEFAULTS, "config": "tiny", "lpips": "none", "lr": 3e-3, "batch": 2}
 run(Path(sys.argv[1]), settings, max_steps=int(sys.argv[2]), checkpoint_minutes=0, eval_heads=1, threads=1)

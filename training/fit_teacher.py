@@ -555,6 +555,9 @@ def settings_for(run_dir: Path, overrides: dict) -> dict:
         settings = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
         if settings["config"] not in CONFIGS:
             raise SystemExit(f"unknown --config {settings['config']!r}; known: {', '.join(CONFIGS)}")
+        size = CONFIGS[settings["config"]]["img_resolution"]
+        if settings["low_res_steps"] and (settings["low_res"] <= 0 or size % settings["low_res"]):
+            raise SystemExit(f"--low-res {settings['low_res']} must divide the output size ({size} px)")
     text = json.dumps(settings, indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text), force=True)  # a kill mid-write leaves the old file
     return settings
