@@ -189,9 +189,18 @@ def save_model(path, modules: dict, provenance: dict | None = None, overwrite: b
     except TypeError as e:
         raise CheckpointError(f"{path}: config is not JSON-serialisable ({e})") from None
     with output_group():  # weights and config appear together
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}), force=True)
+        atomic_write(path, lambda tmp: write_safetensors(tensors, tmp), force=True)
         atomic_write(config_path(path), lambda tmp: tmp.write_text(text), force=True)
     return path
+
+
+def write_safetensors(tensors: dict, path: Path) -> None:
+    """safetensors' `save_file`, leaving the file readable as any new file is (the library creates it 0600
+    whatever the umask, so a model saved for a shared folder or a server running the demo would be unreadable)."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def to_half(tensor: torch.Tensor, name: str) -> torch.Tensor:

@@ -1,6 +1,8 @@
 import copy
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -177,6 +179,17 @@ def test_save_load_round_trip(saved, tiny_eg3d, render, reference_render):
     assert_same_state(nets["G_ema"], tiny_eg3d["G_ema"])
     assert_same_state(nets["D"], tiny_eg3d["D"])
     assert_same_outputs(render(nets["G_ema"]), reference_render)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_weights_get_the_permissions_of_any_new_file(tiny_eg3d, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = checkpoints.save_model(tmp_path / "G.safetensors", {"G_ema": tiny_eg3d["G_ema"]})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE(path.with_suffix(".json").stat().st_mode) == mode
 
 
 def test_half_precision_halves_the_file_and_loads_as_float32(saved, tiny_eg3d, render, reference_render, tmp_path):
