@@ -169,8 +169,6 @@ def test_a_resume_at_a_lower_rate_is_kept_by_the_next_plain_resume(tmp_path):
 FIT = """
 import sys
 from pathlib import Path
-
-import pytest
 from training.fit_teacher import DEFAULTS, run
 settings = {**DEFAULTS, "config": "tiny", "lpips": "none", "lr": 3e-3, "batch": 2}
 run(Path(sys.argv[1]), settings, max_steps=int(sys.argv[2]), checkpoint_minutes=0, eval_heads=1, threads=1)
