@@ -255,7 +255,7 @@ def run(config: EvalConfig, out: Path, force: bool = False) -> list[Path]:
     from editkit.metrics import report
 
     out = Path(out)
-    check_outputs([out / "metrics.json", out / "report.md"], force)  # before the slow part
+    check_outputs([out / report.METRICS, out / report.REPORT], force)  # before the slow part
     with tempfile.TemporaryDirectory(prefix="editkit-eval-") as tmp:
         results, samples = evaluate(config, Path(tmp))
     return report.write(results, samples, out, force)

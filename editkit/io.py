@@ -8,6 +8,8 @@
 A file is written under a temporary name in its own folder and renamed into place (`os.replace`, atomic on one
 file system), so an error or a kill -9 mid-write never leaves a half-written output; at worst a hidden
 `.<name>.<random>.tmp` stays behind after a kill. Inside `output_group()` the renames wait until the block ends.
+A forced rerun into the same folder removes what the earlier run wrote there and this one did not
+(`remove_replaced`), so no output of an older run is left beside the new ones.
 """
 
 from __future__ import annotations
@@ -115,3 +117,20 @@ def check_outputs(paths, force: bool = False) -> None:
         raise OutputExistsError(f"{existing} already exists; use --force to overwrite it")
     for folder in dict.fromkeys(p.parent for p in paths):
         check_writable(folder)
+
+
+def remove_replaced(folder, previous, written) -> list[Path]:
+    """After a forced rerun into `folder`: delete the earlier run's files (`previous`: names relative to `folder`)
+    that this run did not write again (`written`: paths). Names reaching outside `folder` are ignored; returns the
+    files removed."""
+    folder = Path(folder).resolve()
+    kept = {Path(p).resolve() for p in written}
+    removed = []
+    for name in previous:
+        path = (folder / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or folder not in path.parents:
+            continue
+        if path not in kept and path.is_file():
+            _remove(path)
+            removed.append(path)
+    return removed

@@ -311,6 +311,7 @@ def test_edit_cli_writes_the_promised_files(G, workspace, capsys):
     capsys.readouterr()
     assert main(args) == 2 and "already exists; use --force" in capsys.readouterr().err
     assert main(["edit", str(out), "--attr", "smile", "--out", str(out), "--force"]) == 0  # an edit of an edit
+    assert sorted(os.listdir(out)) == ["edit.png", "latent.json", "latent.npy"]  # no orbit or grid of the old edit
 
     assert main(["directions", "list"]) == 0
     listed = capsys.readouterr().out

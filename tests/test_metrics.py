@@ -266,6 +266,13 @@ def test_eval_cli_on_random_generators_counts_missing_faces(tiny_eg3d, tmp_path,
     assert (out / "samples" / "0_first.png").is_file() and (out / "plots" / "pose_vs_yaw.png").is_file()
     capsys.readouterr()
     assert cli.main(args) == 2 and "already exists" in capsys.readouterr().err
+    (out / "notes.txt").write_text("the user's")  # a forced rerun with other labels replaces the old run's files
+    rerun = ["eval", "--models", f"renamed={paths[0]}", "--n", "1", "--views", "2", "--samples", "1", "--out",
+             str(out), "--force"]
+    assert cli.main(rerun) == 0
+    files = json.loads((out / "metrics.json").read_text())["files"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == sorted([*files, "notes.txt"])
+    assert "samples/0_renamed.png" in files and not (out / "samples" / "0_first.png").exists()
     same = ["eval", "--models", f"{paths[1]},G_ema={paths[0]}", "--out", str(tmp_path / "other")]
     assert cli.main(same) == 2 and "same label" in capsys.readouterr().err
 

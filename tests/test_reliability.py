@@ -26,7 +26,7 @@ from editkit.cli import main
 from editkit.errors import CheckpointError, EditkitWarning, FaceError, ImageError, OutputError, OutputExistsError
 from editkit.faces import detect_faces, prepare_face
 from editkit.images import load_image
-from editkit.io import atomic_write, check_outputs, check_writable, output_group
+from editkit.io import atomic_write, check_outputs, check_writable, output_group, remove_replaced
 from training.distill.data import DatasetError, read_labels
 from training.state import StateError, load_latest_state, save_state, state_files
 
@@ -344,6 +344,19 @@ def test_a_failed_group_writes_nothing_and_a_good_one_everything(tmp_path):
     with pytest.raises(OutputExistsError, match="b.txt already exists; use --force"):
         check_outputs([tmp_path / "c.txt", second])
     check_outputs([tmp_path / "c.txt", second], force=True)
+
+
+def test_a_forced_rerun_removes_only_the_earlier_runs_files_inside_its_folder(tmp_path):
+    out = tmp_path / "out"
+    (out / "plots").mkdir(parents=True)
+    for name in ("plots/old.png", "plots/kept.png", "notes.txt"):
+        (out / name).write_text("x")
+    (tmp_path / "outside.png").write_text("x")
+    previous = ["plots/old.png", "plots/kept.png", "../outside.png", str(tmp_path / "outside.png"), "plots"]
+    removed = remove_replaced(out, previous, [out / "plots" / "kept.png"])
+    assert removed == [(out / "plots" / "old.png").resolve()]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "out", "out/notes.txt", "out/plots", "out/plots/kept.png", "outside.png"]
 
 
 WRITER = """

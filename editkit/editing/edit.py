@@ -22,7 +22,7 @@ from editkit.editing import registry
 from editkit.editing.directions import Direction, apply_edits, load_direction, parse_layers, project_out, restrict
 from editkit.editing.render import grid, render_images, save_gif, save_mp4, save_png
 from editkit.errors import EditkitError
-from editkit.io import check_outputs, output_group
+from editkit.io import check_outputs, output_group, remove_replaced
 from editkit.latents import LATENT, LATENT_JSON, LatentError, camera_record, check_fits, check_model, latent_paths, \
     read_latent, write_latent
 
@@ -136,4 +136,6 @@ def run_edit(source, specs: list[EditSpec], out, yaw=None, pitch=None, orbit=Fal
             save_gif(paths["gif"], video, ORBIT_FPS, force=force)
         if want_grid:
             save_png(paths["grid"], grid(tiles, len(GRID_FACTORS), len(GRID_YAWS)), force=force)
+    if force:  # an orbit or grid of an earlier edit into this folder would not show this edit
+        remove_replaced(out, [p.name for p in output_paths(out, True, True).values()], paths.values())
     return {**paths, "render_ms": render_ms}

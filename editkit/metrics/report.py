@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from editkit.io import atomic_write, output_group
+from editkit.io import atomic_write, output_group, remove_replaced
 
 PLOTS = {  # file stem -> (title, y label, path to the per-view statistics in a model summary, noise-floor path)
     "pose": ("Pose error", "degrees (lower is better)", ("pose_deg", "per_view"),
@@ -23,6 +23,7 @@ PLOTS = {  # file stem -> (title, y label, path to the per-view statistics in a 
     "agreement_lpips": ("Agreement with the first model, LPIPS", "LPIPS (lower is better)",
                         ("agreement_with_first", "lpips", "per_view"), None),
 }
+METRICS, REPORT = "metrics.json", "report.md"
 
 
 def lookup(tree: dict, path):
@@ -209,6 +210,7 @@ def write(results: dict, samples: dict, out: Path, force: bool = False) -> list[
     from PIL import Image
 
     out = Path(out)
+    previous = previous_files(out) if force else []
     with output_group():  # all files appear together, or none
         written = plot(results, out / "plots", force)
         grids = {}
@@ -219,8 +221,19 @@ def write(results: dict, samples: dict, out: Path, force: bool = False) -> list[
                 grids[name] = atomic_write(path, lambda tmp, image=image: image.save(tmp, format="png"),
                                            force=force)
         written += list(grids.values())
-        text = json.dumps(clean(results), indent=1, allow_nan=False) + "\n"
-        written.append(atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text), force=force))
+        files = [p.relative_to(out).as_posix() for p in written] + [METRICS, REPORT]
+        text = json.dumps(clean({**results, "files": files}), indent=1, allow_nan=False) + "\n"
+        written.append(atomic_write(out / METRICS, lambda tmp: tmp.write_text(text), force=force))
         report = markdown(results, [p for p in written if p.parent.name == "plots"], grids)
-        written.append(atomic_write(out / "report.md", lambda tmp: tmp.write_text(report), force=force))
+        written.append(atomic_write(out / REPORT, lambda tmp: tmp.write_text(report), force=force))
+    remove_replaced(out, previous, written)  # plots and samples of an earlier run with other models
     return written
+
+
+def previous_files(out: Path) -> list[str]:
+    """The files an earlier evaluation in `out` wrote (its metrics.json's "files"); [] if there is none."""
+    try:
+        files = json.loads((out / METRICS).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
