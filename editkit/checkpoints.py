@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from editkit.errors import CheckpointError, OutputExistsError, UnsafePickleError
 from editkit.io import atomic_write, output_group
@@ -195,12 +195,9 @@ def save_model(path, modules: dict, provenance: dict | None = None, overwrite: b
 
 
 def write_safetensors(tensors: dict, path: Path) -> None:
-    """safetensors' `save_file`, leaving the file readable as any new file is (the library creates it 0600
-    whatever the umask, so a model saved for a shared folder or a server running the demo would be unreadable)."""
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    """The safetensors file of `tensors`, created as any new file is: the library's `save_file` makes it 0600
+    whatever the umask, so a model saved for a shared folder or a server running the demo would be unreadable."""
+    Path(path).write_bytes(save(tensors, metadata={"format": "pt"}))
 
 
 def to_half(tensor: torch.Tensor, name: str) -> torch.Tensor:
