@@ -231,7 +231,7 @@ def test_expression_response_is_one_for_the_truth_and_zero_for_a_generator_that_
 
 
 def test_pairs_differ_only_in_expression_and_their_loss_terms_train():
-    settings = {**TINY, "batch": 4, "pair_weight": 1.0, "outline_weight": 1.0, "eye_weight": 1.0}
+    settings = {**TINY, "batch": 4, "pair_weight": 1.0, "outline_weight": 1.0, "eye_weight": 1.0, "mse_weight": 1.0}
     z, labels = fit_teacher.sample_batch(torch.Generator().manual_seed(0), settings)
     expression = fit_teacher.EXPRESSION_LATENTS
     others = torch.ones(z.shape[1], dtype=torch.bool)
@@ -243,6 +243,7 @@ def test_pairs_differ_only_in_expression_and_their_loss_terms_train():
     truth = GroundTruth(128, 16)(z, labels)
     terms = fit_teacher.fit_losses(G, None, truth, z, labels, settings, torch.Generator().manual_seed(1), step=0)
     assert terms["pairs"] > 0 and terms["outline"] > 0 and terms["eyes"] > 0
+    assert terms["mse"] >= terms["image"] ** 2 > 0  # mean squared error >= (mean absolute error)^2
     terms["pairs"].backward()
     assert G.plane_basis.grad.abs().sum() > 0  # the expression change reaches the per-head plane basis
 

@@ -26,6 +26,10 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   changes ~2% of the image, and after every change above the teacher still drew it faintly (eye response 0.29);
   weight 4 raised that by only 0.01-0.02 in 900 steps (40-minute A/B), so it stays off;
 - `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
+- `mse_weight`: a squared-error image term beside the L1 ones. Where the fit cannot tell where an edge lies, L1
+  draws the likelier side and squared error the average, which is what PSNR rewards (the outline holds ~70% of the
+  squared error): weight 4 led the same fit without it by +0.29 dB after ~790 steps (52-minute A/B, 2026-12-05),
+  weight 16 led weight 4 by a further ~0.1 dB (docs/demo_teacher.md);
 - once the head is formed, no density smoothness and the opacity term weighted 3x (`--density-reg 0
   --opacity-weight 3`): the smoothness term keeps a soft shell around the head, drawn ~3% too large in area
   (40-minute A/B: +0.12 dB, heads 1.020 instead of 1.028 of their true size; over 2586 steps the PSNR gain
@@ -92,7 +96,7 @@ CONFIGS = {
 DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, seed=0, lpips="vgg",
                 lpips_weight=0.3, lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0,
                 density_reg=0.25, ema_beta=0.99, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0,
-                pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0, low_res_steps=0, low_res=32)
+                pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0, mse_weight=0.0, low_res_steps=0, low_res=32)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
 ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "ema_beta")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
@@ -242,6 +246,9 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     if settings["outline_weight"] > 0:  # squared error is mostly at the outline: see OUTLINE_PIXELS
         terms["outline"] = weighted_l1(error, truth["outline"])
         total = total + settings["outline_weight"] * terms["outline"]
+    if settings["mse_weight"] > 0:  # the average where an edge is uncertain, as PSNR rewards (see mse_weight)
+        terms["mse"] = error.square().mean()
+        total = total + settings["mse_weight"] * terms["mse"]
     if lpips is not None and step >= settings["lpips_after"]:
         terms["lpips"] = lpips(out["image"], truth["image"]).mean()
         total = total + settings["lpips_weight"] * terms["lpips"]
