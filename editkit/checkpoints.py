@@ -188,16 +188,13 @@ def save_model(path, modules: dict, provenance: dict | None = None, overwrite: b
         text = json.dumps(config, indent=2) + "\n"
     except TypeError as e:
         raise CheckpointError(f"{path}: config is not JSON-serialisable ({e})") from None
+    # serialised in memory and written as any new file (safetensors' save_file creates its files 0600 whatever the
+    # umask: a model saved for a shared folder or a demo server would be unreadable)
+    weights = save(tensors, metadata={"format": "pt"})
     with output_group():  # weights and config appear together
-        atomic_write(path, lambda tmp: write_safetensors(tensors, tmp), force=True)
+        atomic_write(path, lambda tmp: tmp.write_bytes(weights), force=True)
         atomic_write(config_path(path), lambda tmp: tmp.write_text(text), force=True)
     return path
-
-
-def write_safetensors(tensors: dict, path: Path) -> None:
-    """The safetensors file of `tensors`, created as any new file is: the library's `save_file` makes it 0600
-    whatever the umask, so a model saved for a shared folder or a server running the demo would be unreadable."""
-    Path(path).write_bytes(save(tensors, metadata={"format": "pt"}))
 
 
 def to_half(tensor: torch.Tensor, name: str) -> torch.Tensor:

@@ -128,9 +128,7 @@ def remove_replaced(folder, previous, written) -> list[Path]:
     removed = []
     for name in previous:
         path = (folder / name).resolve()
-        if Path(name).is_absolute() or ".." in Path(name).parts or folder not in path.parents:
-            continue
-        if path not in kept and path.is_file():
+        if folder in path.parents and path not in kept and path.is_file():
             _remove(path)
             removed.append(path)
     return removed
