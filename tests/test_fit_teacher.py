@@ -74,7 +74,7 @@ def test_export_loads_by_path_and_renders(tmp_path):
     G = load_generator(out)
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["provenance"]["steps"] == 2 and "psnr" in config["provenance"]["metrics"]
-    rates = {key: TINY[key] for key in ("offset_lr", "basis_lr", "ema_beta")}
+    rates = {key: TINY[key] for key in ("offset_lr", "basis_lr", "ema_beta", "mse_weight")}
     assert config["provenance"]["rates"] == [{"from_step": 0, "lr": 3e-3, **rates},
                                              {"from_step": 1, "lr": 1e-3, **rates}]
     for tensor in (G.plane_offset, G.plane_basis):  # learned, saved and loaded
@@ -160,10 +160,11 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_default(tmp_pat
 
 def test_a_resume_at_a_lower_rate_is_kept_by_the_next_plain_resume(tmp_path):
     settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "config": "tiny"})  # a new run at the default rates
-    settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "lr": 3e-4, "basis_lr": 6e-3})
+    settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "lr": 3e-4, "basis_lr": 6e-3, "mse_weight": 32.0})
     plain = settings_for(tmp_path, {k: None for k in DEFAULTS})
     assert (plain["config"], plain["lr"], plain["basis_lr"]) == ("tiny", 3e-4, 6e-3)
     assert plain["offset_lr"] == DEFAULTS["offset_lr"]
+    assert plain["mse_weight"] == 32.0  # the squared-error weight, too, may be raised when a run resumes
 
 
 FIT = """

@@ -38,8 +38,9 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   steps, the old default) the average lagged the weights late in a fine-tune, 0.22 dB below them, and a fresh
   average gained +0.4 dB on held-out heads (docs/demo_teacher.md); the evaluation also measures how well the
   teacher follows its expression latents (`expression_response`).
-- lower learning rates once the curve flattens (a run resumed with `--lr`, `--offset-lr`, `--basis-lr`, or
-  `--ema-beta`, kept in its settings.json for later resumes; each invocation's rates are logged and exported):
+- lower learning rates once the curve flattens (a run resumed with `--lr`, `--offset-lr`, `--basis-lr`,
+  `--ema-beta` or `--mse-weight`, kept in its settings.json for later resumes; each invocation's values are logged
+  and exported):
   1e-3 -> 3e-4 gained 0.28 dB in 450 steps where 1e-3 gained ~0.1.
 - `low_res_steps`: a fit from scratch renders its volume at `low_res` (32) px for its first steps: 1.5x faster steps
   (the backbone and upsampler do not shrink), 0.1-0.35 dB ahead over the first 20 minutes of a new fit (measured
@@ -98,7 +99,7 @@ DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3
                 density_reg=0.25, ema_beta=0.99, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0,
                 pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0, mse_weight=0.0, low_res_steps=0, low_res=32)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
-ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "ema_beta")  # may change when a run resumes
+ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "ema_beta", "mse_weight")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
 # chin, brows, nose, eyes and mouth of the 68-point scheme (not the sides of the jaw line); with blobs of 0.04 x the
 # image size they weight 18% of the image and hold ~80% of what smiling or opening the jaw changes (measured)
@@ -544,7 +545,7 @@ def export(run_dir: Path, out: Path, force: bool = False, half: bool = False) ->
 
 
 def settings_for(run_dir: Path, overrides: dict) -> dict:
-    """The run's settings: saved ones for an existing run (only ADJUSTABLE rates may change, and the changed ones are
+    """The run's settings: saved ones for an existing run (only the ADJUSTABLE ones may change, and changed ones are
     saved so that the next plain resume keeps them; keys added since it started take their defaults), else
     defaults + overrides."""
     path = run_dir / "settings.json"
