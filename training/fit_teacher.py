@@ -24,7 +24,8 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   expression (blink, brow raise...) that the world's own frequencies almost never put in a batch;
 - `eye_weight`: the image and pair terms again within blobs around the eyes only (`EYE_LANDMARKS`): a blink
   changes ~2% of the image, and after every change above the teacher still drew it faintly (eye response 0.29);
-  weight 4 raised that by only 0.01-0.02 in 900 steps (40-minute A/B), so it stays off;
+  weight 4 raised that by only 0.01-0.02 in 900 steps (40-minute A/B), weight 32 by 0.016 in 535 steps (the
+  teacher draws no per-head eye detail for a blink to change, docs/demo_teacher.md), so it stays off;
 - `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
 - `mse_weight`: a squared-error image term beside the L1 ones. Where the fit cannot tell where an edge lies, L1
   draws the likelier side and squared error the average, which is what PSNR rewards (the outline holds ~70% of the
