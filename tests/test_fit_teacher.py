@@ -18,10 +18,11 @@ from editkit.checkpoints import load_generator
 from training import fit_teacher
 from editkit.checkpoints import read_config, save_model, sha256_file
 from editkit.errors import EditkitError
+from editkit.models.eg3d.layers import EG3DError
 from editkit.metrics.image import psnr
 from training.fit_teacher import (CONFIGS, DEFAULTS, GroundTruth, build_teacher, evaluate, evaluation_set,
                                   init_weights, run, settings_for)
-from training.state import state_files
+from training.state import load_latest_state, state_files
 from training.synthetic.head_model import EXPRESSION_UNITS, HeadParams
 from training.synthetic.latent import (BLINK, LATENT_SIZE, RARE_EXPRESSIONS, SPARSE, SPARSE_UNITS,
                                        emphasise_rare_expressions, params_from_z)
@@ -74,7 +75,7 @@ def test_export_loads_by_path_and_renders(tmp_path):
     G = load_generator(out)
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["provenance"]["steps"] == 2 and "psnr" in config["provenance"]["metrics"]
-    rates = {key: TINY[key] for key in ("offset_lr", "basis_lr", "ema_beta", "mse_weight")}
+    rates = {key: TINY[key] for key in ("offset_lr", "basis_lr", "detail_lr", "ema_beta", "mse_weight")}
     assert config["provenance"]["rates"] == [{"from_step": 0, "lr": 3e-3, **rates},
                                              {"from_step": 1, "lr": 1e-3, **rates}]
     for tensor in (G.plane_offset, G.plane_basis):  # learned, saved and loaded
@@ -301,3 +302,38 @@ def test_the_plane_basis_leaves_the_average_head_alone():
         G.plane_basis = basis
     torch.testing.assert_close(with_basis[0], without[0])  # the average head: the offset only
     assert (with_basis[1] - without[1]).abs().mean() > 0.1  # another head: its own detail
+
+
+def test_a_detail_stage_trains_only_the_detail_and_changes_the_planes_only_inside_its_boxes(tmp_path):
+    torch.manual_seed(0)
+    teacher = build_teacher(CONFIGS["tiny"]).eval()
+    path = save_model(tmp_path / "teacher.safetensors", {"G": teacher})
+    settings = {**TINY, "config": "tiny-detail", "train": "detail", "emphasise": "upper-face", "pair_weight": 4.0,
+                "pair_emphasis": 1.0, "detail_lr": 0.05}
+    run(tmp_path / "run", settings, max_steps=3, eval_heads=1, init_from=path)
+    G = build_teacher(CONFIGS["tiny-detail"]).eval()
+    G.load_state_dict(load_latest_state(tmp_path / "run")["G"])
+    fitted = dict(G.named_parameters())
+    for name, value in teacher.state_dict().items():  # the teacher, w_avg included, is left as it was
+        torch.testing.assert_close(G.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    assert all(fitted[f"detail_basis.{k}"].abs().sum() > 0 for k in range(3))
+    ws = teacher.mapping(torch.randn(2, teacher.z_dim), torch.zeros(2, 25))
+    change = (G.planes(ws, noise_mode="const") - teacher.planes(ws, noise_mode="const")).abs().sum((0, 2))
+    inside = torch.zeros_like(change, dtype=torch.bool)
+    for plane, (top, left, height, width) in enumerate(CONFIGS["tiny-detail"]["detail_windows"]):
+        inside[plane, top:top + height, left:left + width] = True
+    assert change[inside].sum() > 0 and change[~inside].sum() == 0
+    average = G.w_avg[None, None].expand(1, G.num_ws, -1)
+    torch.testing.assert_close(G.planes(average, noise_mode="const"), teacher.planes(average, noise_mode="const"))
+
+
+@pytest.mark.parametrize("windows", [None, [[0, 0, 4, 4]] * 2, [[0, 0, 4, 4], [0, 0, 4, 4], [30, 0, 4, 4]]])
+def test_detail_boxes_outside_the_planes_are_refused(windows):
+    config = {**CONFIGS["tiny-detail"], "detail_windows": windows}
+    with pytest.raises(EG3DError, match="detail_windows must be 3"):
+        build_teacher(config)
+
+
+def test_a_detail_run_needs_a_config_with_a_detail_basis(tmp_path):
+    with pytest.raises(SystemExit, match="needs a config with a detail basis"):
+        settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "config": "tiny", "train": "detail"})

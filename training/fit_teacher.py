@@ -26,6 +26,10 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   changes ~2% of the image, and after every change above the teacher still drew it faintly (eye response 0.29);
   weight 4 raised that by only 0.01-0.02 in 900 steps (40-minute A/B), weight 32 by 0.016 in 535 steps (the
   teacher draws no per-head eye detail for a blink to change, docs/demo_teacher.md), so it stays off;
+- for that eye detail: a detail basis (`--config basis-wide-detail`: 32 full-resolution tensors in boxes around the
+  eyes and brows on each plane, mixed by a small MLP of w) fitted alone (`--train detail`, the rest of the teacher
+  frozen) with the upper face's rare expressions in the pairs (`--emphasise upper-face`): the blink's response
+  went 0.26 -> 0.50 and the brow raise's 0.13 -> 0.25 in 40 minutes (docs/demo_teacher.md);
 - `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
 - `mse_weight`: a squared-error image term beside the L1 ones. Where the fit cannot tell where an edge lies, L1
   draws the likelier side and squared error the average, which is what PSNR rewards (the outline holds ~70% of the
@@ -91,16 +95,23 @@ CONFIGS = {
     # basis-wide with 48 basis tensors (--init-from a 16-tensor teacher adds 32 at zero): flat, not adopted
     # (docs/demo_teacher.md, "What is missing")
     "basis48-wide": {**DEMO, "plane_offset": True, "plane_basis": 48, "channel_base": 8192, "channel_max": 128},
+    # basis-wide with per-head detail at the planes' full resolution in boxes around the eyes and brows (all heads'
+    # eye and brow landmarks, blinking and raised, fall inside with >= 6 texels to spare; docs/demo_teacher.md)
+    "basis-wide-detail": {**DEMO, "plane_offset": True, "plane_basis": 16, "channel_base": 8192, "channel_max": 128,
+                          "detail_basis": 32, "detail_windows": [[56, 38, 26, 52], [76, 38, 24, 52], [38, 76, 52, 24]]},
     # a few seconds per step: for tests
     "tiny": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
                  channel_max=16, samples=6, plane_offset=True, plane_basis=4, plane_basis_resolution=16),
+    "tiny-detail": dict(img_resolution=128, neural_rendering_resolution=16, triplane_resolution=32, channel_base=256,
+                        channel_max=16, samples=6, plane_offset=True, plane_basis=4, plane_basis_resolution=16,
+                        detail_basis=3, detail_windows=[[12, 8, 6, 14], [18, 8, 6, 14], [8, 18, 14, 6]]),
 }
-DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, seed=0, lpips="vgg",
-                lpips_weight=0.3, lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0,
+DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, detail_lr=5e-3, train="all",
+                emphasise="all", seed=0, lpips="vgg", lpips_weight=0.3, lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0,
                 density_reg=0.25, ema_beta=0.99, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0,
                 pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0, mse_weight=0.0, low_res_steps=0, low_res=32)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
-ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "ema_beta", "mse_weight")  # may change when a run resumes
+ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "detail_lr", "ema_beta", "mse_weight")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
 # chin, brows, nose, eyes and mouth of the 68-point scheme (not the sides of the jaw line); with blobs of 0.04 x the
 # image size they weight 18% of the image and hold ~80% of what smiling or opening the jaw changes (measured)
@@ -115,6 +126,8 @@ OUTLINE_PIXELS = 2
 EXPRESSION_PROBES = (("smile", SMILE), ("jaw_open", SPARSE), ("eyes_closed", BLINK), ("brow_raise", SPARSE + 1))
 EXPRESSION_LOW, EXPRESSION_HIGH = -2.0, 2.5
 EXPRESSION_LATENTS = slice(SMILE, APPEARANCE)  # smile, blink, the sparse units, gaze
+# the rare expressions of the eyes and brows (`--emphasise upper-face`: what the detail basis draws)
+UPPER_FACE = ("eyes_closed", "brow_raise", "brow_down", "eye_wide", "eye_squint")
 
 
 def teacher_kwargs(config: dict) -> dict:
@@ -129,6 +142,7 @@ def teacher_kwargs(config: dict) -> dict:
                 rendering_kwargs=rendering, triplane_resolution=config["triplane_resolution"],
                 plane_offset=config["plane_offset"], plane_basis=config["plane_basis"],
                 plane_basis_resolution=config["plane_basis_resolution"],
+                detail_basis=config.get("detail_basis", 0), detail_windows=config.get("detail_windows"),
                 sr_kwargs=dict(channel_base=config["channel_base"], channel_max=config["channel_max"],
                                fused_modconv_default="inference_only"),
                 channel_base=config["channel_base"], channel_max=config["channel_max"],
@@ -167,7 +181,9 @@ def sample_batch(generator: torch.Generator, settings: dict) -> tuple[torch.Tens
         z[half:2 * half, EXPRESSION_LATENTS] = torch.randn(half, APPEARANCE - SMILE, generator=generator)
         labels[half:2 * half] = labels[:half]
         if settings["pair_emphasis"] > 0:
-            z[half:2 * half] = emphasise_rare_expressions(z[half:2 * half], settings["pair_emphasis"], generator)
+            names = UPPER_FACE if settings["emphasise"] == "upper-face" else None
+            z[half:2 * half] = emphasise_rare_expressions(z[half:2 * half], settings["pair_emphasis"], generator,
+                                                          names)
     return z, labels
 
 
@@ -233,7 +249,7 @@ def weighted_l1(error: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torch.Generator, step: int) -> dict:
     """The loss terms of one step; 'total' is their weighted sum. LPIPS joins after `lpips_after` steps."""
-    ws = G.mapping(z, labels, update_emas=True)
+    ws = G.mapping(z, labels, update_emas=settings["train"] == "all")  # 'detail' keeps w_avg, the basis' centre
     out = G.synthesis(ws, labels, cache_backbone=True)
     inside = truth["inside"]
     error = (out["image"] - truth["image"]).abs()
@@ -377,16 +393,33 @@ def update_ema(G_ema, G, beta: float) -> None:
 
 
 PLANE_EXTRAS = ("plane_offset", "plane_basis", "plane_basis_weights.weight", "plane_basis_weights.bias")
+DETAIL_BASIS = tuple(f"detail_basis.{k}" for k in range(3))
+
+
+def is_plane_extra(key: str) -> bool:
+    """True for the tensors of editkit's plane options (offset, basis, detail), which --init-from may lack."""
+    return key in PLANE_EXTRAS or key.startswith("detail_")
+
+
+def trainable(G, settings: dict):
+    """Freeze what `train` leaves alone: with 'detail', everything but the detail basis and its mixing MLP (the
+    rest of the teacher draws exactly what it drew)."""
+    if settings["train"] == "detail":
+        for name, parameter in G.named_parameters():
+            parameter.requires_grad_(name.startswith("detail_"))
+    return G
 
 
 def param_groups(G, settings: dict) -> list:
-    """Adam groups: the network, then the free tri-plane tensors where G has them: the offset (`offset_lr`) and
-    the plane basis (`basis_lr`; its mixing layer learns with the network)."""
-    named = dict(G.named_parameters())
+    """Adam groups: the trainable network, then the free tri-plane tensors where G has them: the offset
+    (`offset_lr`), the plane basis (`basis_lr`) and the detail basis (`detail_lr`); their mixing layers learn with
+    the network."""
+    named = {name: p for name, p in G.named_parameters() if p.requires_grad}
     groups = [{"params": [], "lr": settings["lr"]}]
-    for name, rate in (("plane_offset", "offset_lr"), ("plane_basis", "basis_lr")):
-        if name in named:
-            groups.append({"params": [named.pop(name)], "lr": settings[rate]})
+    for names, rate in ((("plane_offset",), "offset_lr"), (("plane_basis",), "basis_lr"), (DETAIL_BASIS, "detail_lr")):
+        tensors = [named.pop(name) for name in names if name in named]
+        if tensors:
+            groups.append({"params": tensors, "lr": settings[rate]})
     groups[0]["params"] = list(named.values())
     return groups
 
@@ -397,7 +430,7 @@ def init_weights(G, source) -> None:
     teacher) the source's channels are copied into the first ones and G computes what the source did (`widen`)."""
     target, state = G.state_dict(), source.state_dict()
     unexpected = [key for key in state if key not in target]
-    missing = [key for key in target if key not in state and key not in PLANE_EXTRAS]
+    missing = [key for key in target if key not in state and not is_plane_extra(key)]
     narrower = [key for key, value in state.items()
                 if key in target and not widens(key, value.shape, target[key].shape)]
     if missing or unexpected or narrower:
@@ -444,7 +477,7 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = CONFIGS[settings["config"]]
     torch.manual_seed(settings["seed"])  # initial weights; then the backbone's noise inputs
-    G = build_teacher(config).train()
+    G = trainable(build_teacher(config).train(), settings)
     if init_from is not None and not state_files(run_dir):  # a resumed run has its weights already
         init_weights(G, load_generator(init_from))
         source = resolve_checkpoint(init_from)
@@ -564,6 +597,11 @@ def settings_for(run_dir: Path, overrides: dict) -> dict:
         settings = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
         if settings["config"] not in CONFIGS:
             raise SystemExit(f"unknown --config {settings['config']!r}; known: {', '.join(CONFIGS)}")
+        for key, known in (("train", ("all", "detail")), ("emphasise", ("all", "upper-face"))):
+            if settings[key] not in known:
+                raise SystemExit(f"unknown --{key} {settings[key]!r}; known: {', '.join(known)}")
+        if settings["train"] == "detail" and not CONFIGS[settings["config"]].get("detail_basis"):
+            raise SystemExit(f"--train detail needs a config with a detail basis, not {settings['config']!r}")
         size = CONFIGS[settings["config"]]["img_resolution"]
         if settings["low_res_steps"] and (settings["low_res"] <= 0 or size % settings["low_res"]):
             raise SystemExit(f"--low-res {settings['low_res']} must divide the output size ({size} px)")

@@ -53,13 +53,18 @@ class TriPlaneGenerator(torch.nn.Module):
     of w - w_avg (w: the mean over the ws) and upsampled to the planes' size, so that how heads differ in fine
     detail (expressions, features) is learned as directly as the offset; the mix is zero for the average head,
     so the basis carries only how heads differ, the offset what they share.
+    `detail_basis` K (with `detail_windows`, one [top, left, height, width] box of texels per plane, and
+    `detail_hidden`): K learned tensors the size of those boxes, at the planes' full resolution, mixed per head by a
+    small MLP of w (a nonlinear mix, centred at w_avg like the basis) and added inside the boxes: per-head detail
+    where the linear basis is too coarse (the demo teacher's eyes and brows, docs/demo_teacher.md).
     `neural_rendering_resolution` (a plain attribute, default 64; FFHQ models use 128) sets the size of the
     volume-rendered image; passing `neural_rendering_resolution` to `synthesis` changes it, as upstream.
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs=None,
                  rendering_kwargs=None, sr_kwargs=None, triplane_resolution=256, plane_offset=False,
-                 plane_basis=0, plane_basis_resolution=64, **synthesis_kwargs):
+                 plane_basis=0, plane_basis_resolution=64, detail_basis=0, detail_windows=None, detail_hidden=256,
+                 **synthesis_kwargs):
         super().__init__()
         rendering_kwargs = {} if rendering_kwargs is None else rendering_kwargs
         for key in ("superresolution_module", "sr_antialias"):
@@ -92,6 +97,20 @@ class TriPlaneGenerator(torch.nn.Module):
             self.plane_basis = torch.nn.Parameter(
                 torch.zeros(plane_basis, 3, PLANE_CHANNELS, plane_basis_resolution, plane_basis_resolution))
             self.plane_basis_weights = FullyConnectedLayer(w_dim, plane_basis)
+        self.detail_basis = None
+        if detail_basis:
+            if detail_windows is None or len(detail_windows) != 3 or any(
+                    len(box) != 4 or box[0] < 0 or box[1] < 0 or box[0] + box[2] > triplane_resolution
+                    or box[1] + box[3] > triplane_resolution for box in detail_windows):
+                raise EG3DError(f"detail_windows must be 3 [top, left, height, width] boxes inside the "
+                                f"{triplane_resolution} px planes, got {detail_windows}")
+            self.detail_windows = [list(box) for box in detail_windows]
+            self.detail_basis = torch.nn.ParameterList(
+                torch.nn.Parameter(torch.zeros(detail_basis, PLANE_CHANNELS, height, width))
+                for _, _, height, width in self.detail_windows)
+            self.detail_weights = torch.nn.Sequential(
+                FullyConnectedLayer(w_dim, detail_hidden, activation="lrelu"),
+                FullyConnectedLayer(detail_hidden, detail_basis))
         self.neural_rendering_resolution = 64
         self.rendering_kwargs = rendering_kwargs
         self._last_planes = None
@@ -124,6 +143,12 @@ class TriPlaneGenerator(torch.nn.Module):
             if detail.shape[-2:] != size:
                 detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
             planes = planes + detail.view_as(planes)
+        if self.detail_basis is not None:
+            mix = self.detail_weights(ws.mean(1)) - self.detail_weights(self.w_avg[None])
+            planes = planes + torch.stack([
+                F.pad((mix @ basis.flatten(1)).view(n, *basis.shape[1:]),
+                      (left, size[1] - left - width, top, size[0] - top - height))
+                for basis, (top, left, height, width) in zip(self.detail_basis, self.detail_windows)], 1)
         return planes
 
     def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
