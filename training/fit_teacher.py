@@ -107,9 +107,10 @@ CONFIGS = {
                         detail_basis=3, detail_windows=[[12, 8, 6, 14], [18, 8, 6, 14], [8, 18, 14, 6]]),
 }
 DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3, detail_lr=5e-3, train="all",
-                emphasise="all", seed=0, lpips="vgg", lpips_weight=0.3, lpips_after=600, raw_weight=1.0, depth_weight=1.0, opacity_weight=1.0,
-                density_reg=0.25, ema_beta=0.99, yaw_range=50.0, pitch_std=8.0, feature_weight=4.0, pair_weight=0.0,
-                pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0, mse_weight=0.0, low_res_steps=0, low_res=32)
+                emphasise="all", seed=0, lpips="vgg", lpips_weight=0.3, lpips_after=600, raw_weight=1.0,
+                depth_weight=1.0, opacity_weight=1.0, density_reg=0.25, ema_beta=0.99, yaw_range=50.0, pitch_std=8.0,
+                feature_weight=4.0, pair_weight=0.0, pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0,
+                mse_weight=0.0, low_res_steps=0, low_res=32)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
 ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "detail_lr", "ema_beta", "mse_weight")  # may change when a run resumes
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
