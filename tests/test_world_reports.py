@@ -108,7 +108,7 @@ def test_ridge_probe_recovers_a_linear_relation_on_held_out_features():
         probe = edit_report.Ridge.fit(x[:200], y[:200])
         r2 = probe.r2(x[200:], y[200:])
         assert r2[0] > 0.97 and r2[1] < 0.1 and np.isnan(r2[2])  # linear, unrelated noise, constant
-        predicted = probe.predict(x[200:])[:, 0] * probe.y_scale[0] + probe.y_mean[0]  # back to the target's units
+        predicted = probe.predict(x[200:])[:, 0]  # in the target's units
         assert np.abs(predicted - y[200:, 0]).mean() < 0.3
 
 
@@ -131,6 +131,41 @@ def test_probe_measures_find_the_own_change_and_the_largest_other():
     assert numbers["identity_between_heads"] == pytest.approx(4 / 3, abs=1e-3)  # |0-1|, |0-2|, |1-2|
 
 
+def face_points(brow_lift: float, seed: int = 1) -> np.ndarray:
+    """68 landmarks: eye centres 40 px apart, brows 15 + brow_lift px above them (brow_raise = (15 + lift) / 40),
+    the other points random."""
+    points = np.random.default_rng(seed).uniform(0, 100, (68, 2))
+    ring = np.array([[-5, 0], [-2, -2], [2, -2], [5, 0], [2, 2], [-2, 2]])  # an eye's six points, centred
+    points[36:42], points[42:48] = [40, 50] + ring, [80, 50] + ring
+    points[17:22], points[22:27] = [40, 35 - brow_lift], [80, 35 - brow_lift]
+    return points
+
+
+def test_landmark_response_measures_how_a_score_follows_the_truth():
+    rng = np.random.default_rng(1)
+    labels = rng.standard_normal(40)
+    landmarks = [face_points(2 * label + rng.normal(0, 0.1)) for label in labels]  # 2 px per standard deviation
+    landmarks[3] = landmarks[7] = None  # no face found there
+    response = edit_report.landmark_response("brow_raise", landmarks, labels)
+    assert response["faces"] == 38 and response["slope_per_std"] == pytest.approx(2 / 40, rel=0.02)
+    assert response["r"] > 0.99
+    assert edit_report.landmark_response("smile", landmarks, labels)["r"] == pytest.approx(0, abs=0.4)
+    assert edit_report.landmark_response("brow_raise", landmarks, np.ones(40)) == {"faces": 38}  # nothing varies
+
+
+def test_face_measures_give_the_landmark_slope_and_its_spread_over_latents():
+    strengths = np.array([-1.0, 0.0, 1.0])
+    descriptor = np.zeros(128)
+    faces = [[{"landmarks": face_points(gain * s), "descriptor": descriptor, "yaw": 0.0, "pitch": 0.0}
+              for s in strengths] for gain in (1.0, 2.0, 3.0)]  # the brows of latent m rise m + 1 px per unit
+    faces[2][0] = None  # no face: latent 2 counts with its other strength only
+    numbers = edit_report.face_measures("brow_raise", strengths, faces)
+    assert numbers["faces_found"] == 8 and numbers["pairs_with_faces"] == 5
+    assert numbers["landmark_score_slope"] == pytest.approx((1 + 1 + 2 + 2 + 3) / 5 / 40)  # pooled over pairs
+    assert numbers["landmark_score_slope_sem"] == pytest.approx(1 / np.sqrt(3) / 40, abs=1e-4)  # 1, 2, 3 px / 40
+    assert numbers["same_person_share"] == 1 and numbers["yaw_change_deg"] == 0
+
+
 def test_probe_samples_show_the_measured_rare_expressions(world_models):
     G = load_generator(world_models[0])
     z, _ = edit_report.probe_samples(G, 400, 3, 0.0, ["eyes_closed"])
@@ -140,8 +175,12 @@ def test_probe_samples_show_the_measured_rare_expressions(world_models):
         return (world_labels("eyes_closed", params_from_z(z))[0] > 0).mean()
 
     assert blinking(z) < 0.1
+    targets = edit_report.world_targets(z)  # in standard deviations over the world's own distribution
+    varying = targets.std(0) > 0
+    assert np.allclose(targets.std(0)[varying], 1, atol=0.2) and varying.mean() > 0.9
     z, ws = edit_report.probe_samples(G, 400, 3, 0.5, ["eyes_closed"])
     assert 0.4 < blinking(z) < 0.7 and ws.shape[:2] == (400, G.num_ws)
+    assert edit_report.world_targets(z)[:, edit_report.TARGETS.index("eyes_closed")].std() > 1.5  # the same unit
 
 
 def test_edit_report_end_to_end(world_models, tmp_path, capsys):
@@ -150,13 +189,16 @@ def test_edit_report_end_to_end(world_models, tmp_path, capsys):
     z, ws = sample_latents(G, 200, seed=5)
     labels = params_from_z(z)[:, HeadParams.index("skin_tone")]
     path = save_direction(tmp_path / "skin_tone.npy", fit_direction(ws, labels, "skin_tone"))
+    smile = save_direction(tmp_path / "smile.npy", fit_direction(ws, world_labels("smile", params_from_z(z))[0],
+                                                                 "smile"))
     photos = tmp_path / "inverted"  # as `editkit invert` writes them: one folder per photo
     for k, name in enumerate(["anna", "ben", "cleo"]):
         write_latent(photos / name, torch.from_numpy(ws[k:k + 1]), {"model": model_record(student),
                                                                     "camera": camera_record(10.0, 0.0)})
     out = tmp_path / "edits"
-    args = ["--model", str(teacher), "--student", f"small={student}", "--direction", str(path), "--out", str(out),
-            "--train", "12", "--heldout", "4", "--latents", "2", "--strengths", "-1", "1", "--photos", str(photos)]
+    args = ["--model", str(teacher), "--student", f"small={student}", "--direction", str(path), "--direction",
+            str(smile), "--out", str(out), "--train", "12", "--heldout", "4", "--latents", "2", "--strengths", "-1",
+            "1", "--photos", str(photos)]
     assert edit_report.main(args) == 0
     report = json.loads((out / "edit_report.json").read_text())
     assert list(report["models"]) == ["teacher", "small"] and list(report["photos"]["models"]) == ["teacher", "small"]
@@ -168,12 +210,19 @@ def test_edit_report_end_to_end(world_models, tmp_path, capsys):
         assert set(per_yaw) == set(photo_per_yaw) == {"+0", "-30", "+30"}
         assert per_yaw["+0"]["images"] == 2 * 3 and isinstance(per_yaw["+0"]["own_slope"], float)
         assert photo_per_yaw["+0"]["images"] == 3 * 3 and isinstance(photo_per_yaw["+0"]["own_slope"], float)
+    truth, smile_entry = report["ground_truth_landmark_response"], report["directions"]["smile"]
+    assert list(truth) == ["smile"] and truth["smile"]["faces"] >= 3  # skin tone has no landmark score
+    assert smile_entry["expected_landmark_slope"] == pytest.approx(
+        smile_entry["expected_slope"] * truth["smile"]["slope_per_std"], abs=1e-4)
+    assert "expected_landmark_slope" not in report["directions"]["skin_tone"]
+    assert all(list(m["landmark_response"]) == ["smile"] for m in report["models"].values())
     grid = Image.open(out / "edit_grid.png")
-    assert grid.size[1] == 28 + 128 and grid.size[0] == 80 + 2 * 3 * 128 + 8  # one direction; 3 strengths x 2 models
+    assert grid.size == (80 + 2 * 3 * 128 + 8, 28 + 2 * 128)  # 3 strengths x 2 models; two directions
     assert Image.open(out / "photo_grid.png").size == grid.size
     table = capsys.readouterr().out
     assert "| teacher | skin_tone |" in table and "| small | skin_tone |" in table
     assert "| probe | ground truth | teacher | small |" in table
+    assert "| landmark score | ground truth | teacher | small |" in table and "| smile | " in table
     assert "Inverted photos (anna, ben, cleo)" in table
     stranger = tmp_path / "stranger"  # a latent of a model outside the measured w space is refused
     write_latent(stranger, torch.from_numpy(ws[:1]), {"model": {"name": "other", "sha256": "0" * 64},

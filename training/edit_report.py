@@ -9,18 +9,24 @@ but not for edited latents, so the edits are measured with probes calibrated on 
    own frequencies almost never show) are rendered at yaw -30, 0 or 30 deg; their features are the pooled
    activations of a frozen pretrained AlexNet (the LPIPS backbone of editkit.perceptual);
    one ridge regression per head parameter (and per derived attribute: smile, eyes_closed) maps features to the
-   standardised parameter (closed form, penalty chosen per parameter by leave-one-out error on the training part).
+   parameter in standard deviations over the world's own distribution, the unit of the directions' w-fit
+   expectation (closed form, penalty chosen per parameter by leave-one-out error on the training part).
    The held-out R^2 says how visible each attribute is in the model's images at all; probes fitted the same way on
    the world's own renders of the same samples say how visible it is in the truth (the most a model can reach).
+   The landmark scores (editkit.attributes) are calibrated on the same samples: on the frontal probe images where
+   dlib finds a face, the slope of each measured score against its true attribute, in the world's renders and in
+   each model's; the world's slope times a direction's w-fit expectation is the landmark change per unit strength
+   that a model drawing the promised change would show.
 2. Edits. M fixed latents (w from the mapping, frontal camera, truncation psi as in `editkit eval`) are moved along
    each direction with strengths s and rendered at yaw 0 and +-30 deg. Per direction and yaw: the probes' change of
-   the own attribute per unit strength (slope through the unedited render, in standard deviations of the
-   attribute), the largest slope among the other attributes whose probes see them (R^2 >= --min-r2; the parts of
-   the own attribute, e.g. smile_l for smile, excluded), and the distance that the predicted identity parameters
-   (visible id00..id39, the own one excluded) move, against the distance between different heads. Where dlib's
-   HOG detector finds faces: the dlib descriptor distance to the unedited render (same person < 0.6), the landmark
-   score's slope (editkit.attributes) and the change of the camera estimated from the landmarks (editkit.faces;
-   the edit keeps the camera, so any change is the estimator reacting to the edit), with how many images had a face.
+   the own attribute per unit strength (slope through the unedited render, in the probes' unit), the largest slope
+   among the other attributes whose probes see them (R^2 >= --min-r2; the parts of the own attribute, e.g. smile_l
+   for smile, excluded), and the distance that the predicted identity parameters (visible id00..id39, the own one
+   excluded) move, against the distance between different heads. Where dlib's HOG detector finds faces: the dlib
+   descriptor distance to the unedited render (same person < 0.6), the landmark score's slope (editkit.attributes;
+   with its standard error over the latents) and the change of the camera estimated from the landmarks
+   (editkit.faces; the edit keeps the camera, so any change is the estimator reacting to the edit), with how many
+   images had a face.
 
 3. Inverted photos (--photos): the same measures on the latents `editkit invert` made of photos, where no truth
    is known: the probes and dlib's landmark scores read the edited renders.
@@ -36,6 +42,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -129,22 +136,33 @@ class Ridge:
         return cls(x_mean, x_scale, y_mean, y_scale, coef, best)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """(N, T) predictions in standard deviations of the training targets (0: their mean)."""
-        return ((np.asarray(x, np.float64) - self.x_mean) / self.x_scale) @ self.coef
+        """(N, T) predictions in the targets' units."""
+        return self.y_mean + ((np.asarray(x, np.float64) - self.x_mean) / self.x_scale) @ self.coef * self.y_scale
 
     def r2(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(T,) coefficient of determination on (x, y); NaN for a target constant in y."""
         y = np.asarray(y, np.float64)  # in its own units: a constant y gives a total of exactly 0
-        residual = ((y - self.y_mean - self.predict(x) * self.y_scale) ** 2).sum(0)
+        residual = ((y - self.predict(x)) ** 2).sum(0)
         total = ((y - y.mean(0)) ** 2).sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, 1 - residual / total, np.nan)
 
 
 def world_targets(z: np.ndarray) -> np.ndarray:
-    """(N, len(TARGETS)) ground truth of latents z: every head parameter, then the derived attributes."""
+    """(N, len(TARGETS)) ground truth of latents z in standard deviations over the world's own distribution (the
+    unit of the directions' w-fit expectation; the probe samples' emphasis does not change it): every head
+    parameter, then the derived attributes."""
     params = params_from_z(z)
-    return np.stack([world_labels(name, params)[0] for name in TARGETS], 1)
+    return np.stack([world_labels(name, params)[0] for name in TARGETS], 1) / target_scale()
+
+
+@lru_cache(maxsize=1)
+def target_scale() -> np.ndarray:
+    """(len(TARGETS),) standard deviations of the targets over the world's own distribution (z ~ N(0, I));
+    1 for a target that never varies."""
+    params = params_from_z(np.random.default_rng(0).standard_normal((20000, LATENT_SIZE)))
+    std = np.array([world_labels(name, params)[0].std() for name in TARGETS])
+    return np.where(std > 0, std, 1.0)
 
 
 def probe_samples(G, n: int, seed: int, emphasis: float, rare: list) -> tuple[np.ndarray, np.ndarray]:
@@ -186,6 +204,30 @@ def truth_probe_images(z: np.ndarray, resolution: int, batch: int = 50) -> np.nd
     images = [renderer.render_batch(params_from_z(z[i:i + batch]), labels[i:i + batch])["image"]
               for i in range(0, len(z), batch)]
     return (np.clip(np.concatenate(images), 0, 1) * 255).round().astype(np.uint8)
+
+
+def landmark_response(attribute: str, landmarks: list, labels: np.ndarray) -> dict:
+    """How the attribute's landmark score follows its true value: least-squares slope of the score against the
+    labels (in standard deviations), their correlation, and the number of images with a face (landmarks[i] is
+    None where dlib found none)."""
+    found = [i for i, points in enumerate(landmarks) if points is not None]
+    result = {"faces": len(found)}
+    x = labels[found]
+    if len(found) < 3 or x.std() == 0:
+        return result
+    y = attributes.score(attribute, np.stack([landmarks[i] for i in found]))
+    result.update(slope_per_std=round(float(np.polyfit(x, y, 1)[0]), 4),
+                  r=round(float(np.corrcoef(x, y)[0, 1]), 3))
+    return result
+
+
+def landmark_calibration(images: np.ndarray, z: np.ndarray, names: list) -> dict:
+    """{attribute: landmark_response} over the frontal probe images (the edit table's view) of samples z, for the
+    named attributes (with landmark scores): what a landmark score sees of the true attribute."""
+    frontal = np.resize(PROBE_YAWS, len(z)) == 0
+    landmarks = [attributes.detect_landmarks(image) for image in tqdm(images[frontal], desc="landmarks")]
+    truth = world_targets(z[frontal])
+    return {name: landmark_response(name, landmarks, truth[:, TARGETS.index(name)]) for name in names}
 
 
 # ---------------------------------------------------------------------------------------------------------- edits
@@ -235,29 +277,34 @@ def face_measures(attribute: str, strengths: np.ndarray, faces: list) -> dict:
     base = int(np.flatnonzero(strengths == 0)[0])
     found = sum(f is not None for row in faces for f in row)
     result = {"faces_found": found, "images": len(faces) * len(strengths)}
-    pairs = [(s, row[k], row[base]) for row in faces for k, s in enumerate(strengths)
+    pairs = [(s, row[k], row[base], m) for m, row in enumerate(faces) for k, s in enumerate(strengths)
              if s != 0 and row[k] is not None and row[base] is not None]
     result["pairs_with_faces"] = len(pairs)
     if not pairs:
         return result
     s = np.array([p[0] for p in pairs])
-    distance = np.array([np.linalg.norm(a["descriptor"] - b["descriptor"]) for _, a, b in pairs])
+    distance = np.array([np.linalg.norm(a["descriptor"] - b["descriptor"]) for _, a, b, _ in pairs])
     top = np.abs(s) == np.abs(s).max()
     result.update(descriptor_distance_per_unit=round(float(np.mean(distance / np.abs(s))), 4),
                   descriptor_distance_at_max=round(float(distance[top].mean()), 4),
                   same_person_share=round(float(np.mean(distance[top] < SAME_PERSON)), 3),
-                  yaw_change_deg=round(float(np.mean([abs(a["yaw"] - b["yaw"]) for _, a, b in pairs])), 2),
-                  pitch_change_deg=round(float(np.mean([abs(a["pitch"] - b["pitch"]) for _, a, b in pairs])), 2))
+                  yaw_change_deg=round(float(np.mean([abs(a["yaw"] - b["yaw"]) for _, a, b, _ in pairs])), 2),
+                  pitch_change_deg=round(float(np.mean([abs(a["pitch"] - b["pitch"]) for _, a, b, _ in pairs])), 2))
     if attribute in attributes.SCORES:
         change = np.array([attributes.score(attribute, a["landmarks"]) - attributes.score(attribute, b["landmarks"])
-                           for _, a, b in pairs])
+                           for _, a, b, _ in pairs])
         result["landmark_score_slope"] = round(float((s * change).sum() / (s ** 2).sum()), 4)
+        latent = np.array([p[3] for p in pairs])
+        per_latent = [(s[latent == m] * change[latent == m]).sum() / (s[latent == m] ** 2).sum()
+                      for m in np.unique(latent)]
+        if len(per_latent) > 1:  # how far the slope would move with other latents
+            result["landmark_score_slope_sem"] = round(float(np.std(per_latent, ddof=1) / np.sqrt(len(per_latent))), 4)
     return result
 
 
 def probe_measures(direction: Direction, strengths: np.ndarray, predicted: np.ndarray, r2: dict,
                    min_r2: float) -> dict:
-    """Probe numbers of one direction at one yaw; predicted (M, S, T) in standard deviations, strength 0 included."""
+    """Probe numbers of one direction at one yaw; predicted (M, S, T) in the targets' units, strength 0 included."""
     base = int(np.flatnonzero(strengths == 0)[0])
     change = predicted - predicted[:, base:base + 1]
     slopes = slope(strengths, change)  # (M, T)
@@ -373,13 +420,18 @@ def markdown(models: dict, directions: dict) -> str:
     models: report["models"] or report["photos"]["models"]."""
     lines = ["| model | direction | probe R^2 | own change per unit (w-fit expectation) | largest other change | "
              "identity params moved at max (between heads) | dlib faces | dlib distance at max (same person) | "
-             "landmark score slope | camera change (deg) |", "|---" * 10 + "|"]
+             "landmark score slope ± s.e. (truth at the w-fit expectation) | camera change (deg) |", "|---" * 10 + "|"]
     first = f"{EDIT_YAWS[0]:+.0f}"
     for name, model in models.items():
         between = model["descriptor_distance_between_heads"][first]
         for attribute, per_yaw in model["directions"].items():
             row = per_yaw[first]
             expected = directions[attribute]["expected_slope"]
+            landmark = fmt(row.get("landmark_score_slope"), 3)
+            if "landmark_score_slope_sem" in row:
+                landmark += f" ± {row['landmark_score_slope_sem']:.3f}"
+            if "expected_landmark_slope" in directions[attribute]:
+                landmark += f" ({fmt(directions[attribute]['expected_landmark_slope'], 3)})"
             faces = sum(r["faces_found"] for r in per_yaw.values())
             images = sum(r["images"] for r in per_yaw.values())
             pose = {k: mean_or_none([r.get(f"{k}_change_deg") for r in per_yaw.values()]) for k in ("yaw", "pitch")}
@@ -392,7 +444,7 @@ def markdown(models: dict, directions: dict) -> str:
                     f"{fmt(between, sign='')})")
             lines.append(f"| {name} | {attribute} | {fmt(model['probe_r2'][attribute], sign='')} | "
                          f"{fmt(row['own_slope'])} ({fmt(expected)}) | {other} | {identity} | {faces}/{images} | "
-                         f"{dlib} | {fmt(row.get('landmark_score_slope'), 3)} | "
+                         f"{dlib} | {landmark} | "
                          f"yaw {fmt(pose['yaw'], 1, '')}, pitch {fmt(pose['pitch'], 1, '')} |")
     return "\n".join(lines)
 
@@ -407,6 +459,19 @@ def probe_table(report: dict) -> str:
         fmt(mean_or_none([m["probe_r2"][n] for n in IDENTITY]), sign="") for m in models.values()) + " |")
     lines += [f"| {n} | " + " | ".join(fmt(m["probe_r2"][n], sign="") for m in models.values()) + " |"
               for n in names]
+    return "\n".join(lines)
+
+
+def landmark_table(report: dict) -> str:
+    """How each landmark score follows its true attribute in the world's renders and each model's: slope per
+    standard deviation (correlation, faces found), frontal probe images."""
+    columns = {"ground truth": report["ground_truth_landmark_response"],
+               **{name: m["landmark_response"] for name, m in report["models"].items()}}
+    lines = ["| landmark score | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for attribute in report["ground_truth_landmark_response"]:
+        cells = [columns[c][attribute] for c in columns]
+        lines.append(f"| {attribute} | " + " | ".join(
+            f"{fmt(c.get('slope_per_std'), 4)} (r {fmt(c.get('r'))}, {c['faces']} faces)" for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -531,14 +596,22 @@ def main(argv=None) -> int:
                   "models": {}}
         if args.photos:
             report["photos"] = {"latents": photo_names, "models": {}}
-        _, report["ground_truth_probe_r2"] = fit_probes(truth_probe_images(z, G.img_resolution), z, args.train,
-                                                        features)
+        scored = [d.attribute for d in directions if d.attribute in attributes.SCORES]
+        truth_images = truth_probe_images(z, G.img_resolution)
+        _, report["ground_truth_probe_r2"] = fit_probes(truth_images, z, args.train, features)
+        report["ground_truth_landmark_response"] = truth = landmark_calibration(truth_images, z, scored)
+        for name, response in truth.items():  # the landmark change a direction promises, by the world's own scale
+            entry = report["directions"][name]
+            if entry["expected_slope"] is not None and "slope_per_std" in response:
+                entry["expected_landmark_slope"] = round(entry["expected_slope"] * response["slope_per_std"], 4)
         grids, photo_grids = {}, {}
         for name, generator in models.items():
-            probe, r2 = fit_probes(model_probe_images(generator, probe_ws), z, args.train, features)
+            images = model_probe_images(generator, probe_ws)
+            probe, r2 = fit_probes(images, z, args.train, features)
             measure = [directions, strengths, probe, r2, features, faces, args.min_r2]
             numbers, grids[name] = measure_model(generator, name, ws, *measure)
-            report["models"][name] = {"probe_r2": r2, **numbers}
+            report["models"][name] = {"probe_r2": r2, "landmark_response": landmark_calibration(images, z, scored),
+                                      **numbers}
             if args.photos:
                 numbers, photo_grids[name] = measure_model(generator, f"{name}, photos", photo_ws, *measure)
                 report["photos"]["models"][name] = {"probe_r2": r2, **numbers}
@@ -555,6 +628,8 @@ def main(argv=None) -> int:
         for kind, picture in pictures.items():
             atomic_write(paths[kind], lambda tmp: picture.save(tmp, format="png", optimize=True), force=args.force)
     print(probe_table(report), end="\n\n")
+    if report["ground_truth_landmark_response"]:
+        print(landmark_table(report), end="\n\n")
     print(markdown(report["models"], report["directions"]))
     if args.photos:
         print(f"\nInverted photos ({', '.join(photo_names)}):\n")
