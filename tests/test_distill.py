@@ -23,7 +23,8 @@ from editkit import cameras, checkpoints
 from editkit.models.student import Student
 from training.distill.__main__ import main
 from editkit.editing.directions import Direction, save_direction
-from training.distill.data import DatasetError, RealImages, TeacherSampler, edit_pairs, load_pair_directions
+from training.distill.data import (DatasetError, RealImages, TeacherSampler, edit_pairs, load_pair_directions,
+                                   pair_cameras, real_slots)
 from training.distill.losses import change_loss
 from training.distill.loop import ema_decay
 from training.state import state_files
@@ -169,7 +170,23 @@ def test_stage1_lowers_its_loss_and_writes_samples_and_the_student(teacher_file,
     assert provenance["training"]["steps"] == 10 and provenance["metrics"]["g_loss"] == g_loss[-1]
 
 
-def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tiny_eg3d, tmp_path):
+def test_stage2_real_images_keep_edit_pairs_on_one_camera():
+    gen = torch.Generator().manual_seed(0)
+    slots = torch.stack([real_slots(9, 0.5, True, gen) for _ in range(400)]).float()
+    assert slots[:, :4].mean() == 1 and slots[:, 4:8].mean() == 0  # first members real, partners their renders
+    assert abs(slots[:, 8].mean() - 0.5) < 0.1 and abs(slots.mean() - 0.5) < 0.05  # the odd one: the ratio
+    slots = torch.stack([real_slots(8, 0.75, True, gen) for _ in range(400)]).float()
+    assert slots[:, :4].mean() == 1 and abs(slots[:, 4:].mean() - 0.5) < 0.1  # the share stays the ratio
+    assert abs(torch.stack([real_slots(8, 0.3, False, gen) for _ in range(400)]).float().mean() - 0.3) < 0.05
+    c = cameras.make_label([0.0, 10, 0, 10], 0.0)
+    c[0] = cameras.make_label(-25.0, 5.0)[0]  # a real image's camera for the first pair's first member
+    paired = pair_cameras(c, torch.tensor([True, False, False, False]))
+    assert torch.equal(paired[2], paired[0]) and torch.equal(paired[3], c[1])
+    c[2] = cameras.make_label(30.0, 0.0)[0]  # the partner took a real camera too: left as it is
+    assert torch.equal(pair_cameras(c, torch.tensor([True, False, True, False]))[2], c[2])
+
+
+def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tiny_eg3d, real_folder, tmp_path):
     G = tiny_eg3d["G_ema"]
     vector = np.random.default_rng(0).standard_normal((1, G.w_dim)).astype(np.float32)
     folder = tmp_path / "directions"
@@ -205,6 +222,11 @@ def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tin
             "--lpips-weight", "0", "--log-every", "1", "--sample-every", "0", "--edit-pairs", str(folder)]
     assert main(argv) == 0
     assert len(losses(out, "pairs")) == 2 and all(v > 0 for v in losses(out, "pairs"))
+    stage2 = tmp_path / "stage2"  # real images take cameras: every step's pair still repeats one camera
+    argv = [*argv[:3], str(stage2), "--stage", "2", "--student", str(out / "student.safetensors"), "--real",
+            str(real_folder), "--real-ratio", "0.5", *argv[6:]]
+    assert main(argv) == 0
+    assert len(losses(stage2, "pairs")) == 2 and all(v > 0 for v in losses(stage2, "pairs"))
 
 
 def test_ema_ramp_forgets_the_initial_weights_of_a_short_run():

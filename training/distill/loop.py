@@ -6,7 +6,8 @@ One step, on every process with its own batch:
   share of the batch, the camera of a real image instead); the teacher renders the target; the student renders
   the same (w, camera); loss = L1 + LPIPS (+ adv_weight * non-saturating GAN loss in stage 2). The student's
   mapping stays frozen: it is the teacher's, so both share one w space. With `edit_pairs`, half of each batch is
-  the other half moved along edit directions, and pair_weight * L1(student's change - teacher's change) joins.
+  the other half moved along edit directions, and pair_weight * L1(student's change - teacher's change) joins
+  (in stage 2 a pair's partner repeats its first member's camera, real or not: data.real_slots).
 - stage 2 and pcgan also train the DualDiscriminator: real set = real images (at `real_ratio`) mixed with teacher
   renders (pcgan: real images only), fakes = the student's images at the same cameras; R1 on the real set every
   `r1_interval` steps.
@@ -34,8 +35,8 @@ from editkit import cameras, checkpoints
 from editkit.errors import EditkitError
 from editkit.models.eg3d import DualDiscriminator
 from editkit.models.student import Student
-from training.distill.data import (RealImages, TeacherSampler, edit_pairs, load_pair_directions,
-                                   sample_cameras)
+from training.distill.data import (RealImages, TeacherSampler, edit_pairs, load_pair_directions, pair_cameras,
+                                   real_slots, sample_cameras)
 from training.distill.distributed import Distributed
 from training.distill.losses import (ReconstructionLoss, change_loss, discriminator_inputs, discriminator_loss,
                                      generator_loss, r1_penalty)
@@ -233,11 +234,14 @@ class Trainer:
             ws, c = edit_pairs(ws, c, self.pair_directions, args.pair_strength, gen)
         from_real, images = None, None
         if self.D is not None and self.real is not None:
-            from_real = torch.rand(n, generator=gen) < args.real_ratio
+            paired = self.pair_directions is not None
+            from_real = real_slots(n, args.real_ratio, paired, gen)
             indices = torch.randint(len(self.real), (n,), generator=gen)[from_real]
             if len(indices):
                 images, labels = self.real.batch(indices)
                 c[from_real] = labels
+                if paired:
+                    c = pair_cameras(c, from_real)
         c = c.to(dev)
         if self.pair_directions is None:
             target = self.teacher.render(ws, c)
