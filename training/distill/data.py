@@ -93,24 +93,20 @@ def edit_pairs(ws: torch.Tensor, c: torch.Tensor, directions: torch.Tensor, stre
 
 def real_slots(n: int, ratio: float, paired: bool, generator: torch.Generator) -> torch.Tensor:
     """(n,) bool: the batch items whose camera, and whose place in the discriminator's real set, a real image takes
-    (a share `ratio` of them on average; the others' place goes to their teacher render). With edit pairs the first
-    item of each pair is taken first (with probability 2 ratio, capped at 1) and its partner keeps its teacher
-    render, so every pair can repeat one camera while ratio <= 0.5 (see `pair_cameras`)."""
+    (each with probability `ratio`; the others' place goes to their teacher render). With edit pairs only the items
+    the discriminator judges (`judged`) can take one: a partner keeps its pair's camera."""
     chance = torch.full((n,), float(ratio))
     if paired:
-        half = n // 2
-        chance[:half], chance[half:2 * half] = min(1.0, 2 * ratio), max(0.0, 2 * ratio - 1)
+        chance[n // 2:2 * (n // 2)] = 0
     return torch.rand(n, generator=generator) < chance
 
 
-def pair_cameras(c: torch.Tensor, from_real: torch.Tensor) -> torch.Tensor:
-    """Cameras of an edit-pair batch after real images took some: a partner (item i + n/2) whose place no real image
-    took repeats its pair's first camera."""
-    half = len(c) // 2
-    c = c.clone()
-    keep = ~from_real[half:2 * half]
-    c[half:2 * half][keep] = c[:half][keep]
-    return c
+def judged(n: int, paired: bool) -> torch.Tensor:
+    """Indices of the batch items the discriminator sees. With edit pairs a partner (item i + n/2) is left out: it
+    is a near copy of its pair's first member by construction, which the discriminator's minibatch standard
+    deviation would tell from the real set, and no generator could change that."""
+    index = torch.arange(n)
+    return index[(index < n // 2) | (index >= 2 * (n // 2))] if paired else index
 
 
 def read_labels(folder: Path) -> list:

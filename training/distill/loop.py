@@ -7,7 +7,8 @@ One step, on every process with its own batch:
   the same (w, camera); loss = L1 + LPIPS (+ adv_weight * non-saturating GAN loss in stage 2). The student's
   mapping stays frozen: it is the teacher's, so both share one w space. With `edit_pairs`, half of each batch is
   the other half moved along edit directions, and pair_weight * L1(student's change - teacher's change) joins
-  (in stage 2 a pair's partner repeats its first member's camera, real or not: data.real_slots).
+  (in stage 2 a pair's partner repeats its first member's camera, real or not, and only the first members go to
+  the discriminator: data.real_slots, data.judged).
 - stage 2 and pcgan also train the DualDiscriminator: real set = real images (at `real_ratio`) mixed with teacher
   renders (pcgan: real images only), fakes = the student's images at the same cameras; R1 on the real set every
   `r1_interval` steps.
@@ -35,7 +36,7 @@ from editkit import cameras, checkpoints
 from editkit.errors import EditkitError
 from editkit.models.eg3d import DualDiscriminator
 from editkit.models.student import Student
-from training.distill.data import (RealImages, TeacherSampler, edit_pairs, load_pair_directions, pair_cameras,
+from training.distill.data import (RealImages, TeacherSampler, edit_pairs, judged, load_pair_directions,
                                    real_slots, sample_cameras)
 from training.distill.distributed import Distributed
 from training.distill.losses import (ReconstructionLoss, change_loss, discriminator_inputs, discriminator_loss,
@@ -227,21 +228,20 @@ class Trainer:
             indices = torch.randint(len(self.real), (n,), generator=gen)
             real, c = self.real.batch(indices)
             z = torch.randn(n, self.student.z_dim, generator=gen)
-            return {"z": z.to(dev), "c": c.to(dev), "real": real.to(dev)}
+            return {"z": z.to(dev), "c": c.to(dev), "real": real.to(dev), "judged": judged(n, False).to(dev)}
         ws = self.teacher.sample_ws(n, gen)
         c = sample_cameras(n, gen, args.yaw_range, args.pitch_range)
         if self.pair_directions is not None:
             ws, c = edit_pairs(ws, c, self.pair_directions, args.pair_strength, gen)
         from_real, images = None, None
         if self.D is not None and self.real is not None:
-            paired = self.pair_directions is not None
-            from_real = real_slots(n, args.real_ratio, paired, gen)
+            from_real = real_slots(n, args.real_ratio, self.pair_directions is not None, gen)
             indices = torch.randint(len(self.real), (n,), generator=gen)[from_real]
             if len(indices):
                 images, labels = self.real.batch(indices)
                 c[from_real] = labels
-                if paired:
-                    c = pair_cameras(c, from_real)
+                if self.pair_directions is not None:  # a pair's partner repeats its first member's camera
+                    c[n // 2:2 * (n // 2)] = c[:n // 2]
         c = c.to(dev)
         if self.pair_directions is None:
             target = self.teacher.render(ws, c)
@@ -252,6 +252,7 @@ class Trainer:
             batch["real"] = batch["target"].clone()
             if images is not None:
                 batch["real"][from_real.to(dev)] = images.to(dev)
+            batch["judged"] = judged(n, self.pair_directions is not None).to(dev)
         return batch
 
     def d_inputs(self, image: torch.Tensor) -> dict:
@@ -277,7 +278,8 @@ class Trainer:
                 loss = loss + self.args.pair_weight * pairs
                 parts["pairs"] = pairs.detach()
         if self.D is not None:
-            adv = generator_loss(self.D(self.d_inputs(fake), batch["c"]))
+            seen = batch["judged"]
+            adv = generator_loss(self.D(self.d_inputs(fake[seen]), batch["c"][seen]))
             loss = loss + (self.args.adv_weight if self.distill else 1.0) * adv
             parts["g_adv"] = adv.detach()
         parts["g_loss"] = loss.detach()
@@ -294,9 +296,10 @@ class Trainer:
         args = self.args
         self.D.requires_grad_(True)
         with_r1 = args.r1_gamma > 0 and step % args.r1_interval == 0
-        real = batch["real"].detach().requires_grad_(with_r1)
-        real_logits = self.D(self.d_inputs(real), batch["c"])
-        fake_logits = self.D(self.d_inputs(fake), batch["c"])
+        seen = batch["judged"]
+        real = batch["real"][seen].detach().requires_grad_(with_r1)
+        real_logits = self.D(self.d_inputs(real), batch["c"][seen])
+        fake_logits = self.D(self.d_inputs(fake[seen]), batch["c"][seen])
         loss = discriminator_loss(real_logits, fake_logits)
         parts = {"d_loss": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
         if with_r1:
