@@ -304,18 +304,24 @@ def test_the_plane_basis_leaves_the_average_head_alone():
     assert (with_basis[1] - without[1]).abs().mean() > 0.1  # another head: its own detail
 
 
-def test_a_detail_stage_trains_only_the_detail_and_changes_the_planes_only_inside_its_boxes(tmp_path):
+@pytest.mark.parametrize("train", ["detail", "detail-sr"])
+def test_a_detail_stage_trains_only_the_detail_and_changes_the_planes_only_inside_its_boxes(tmp_path, train):
     torch.manual_seed(0)
     teacher = build_teacher(CONFIGS["tiny"]).eval()
     path = save_model(tmp_path / "teacher.safetensors", {"G": teacher})
-    settings = {**TINY, "config": "tiny-detail", "train": "detail", "emphasise": "upper-face", "pair_weight": 4.0,
+    settings = {**TINY, "config": "tiny-detail", "train": train, "emphasise": "upper-face", "pair_weight": 4.0,
                 "pair_emphasis": 1.0, "detail_lr": 0.05}
     run(tmp_path / "run", settings, max_steps=3, eval_heads=1, init_from=path)
     G = build_teacher(CONFIGS["tiny-detail"]).eval()
     G.load_state_dict(load_latest_state(tmp_path / "run")["G"])
     fitted = dict(G.named_parameters())
-    for name, value in teacher.state_dict().items():  # the teacher, w_avg included, is left as it was
-        torch.testing.assert_close(G.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    upsampler_changed = []
+    for name, value in teacher.state_dict().items():  # the rest of the teacher, w_avg included, is left as it was
+        if train == "detail-sr" and name.startswith("superresolution."):
+            upsampler_changed.append(not torch.equal(G.state_dict()[name], value))
+        else:
+            torch.testing.assert_close(G.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    assert any(upsampler_changed) == (train == "detail-sr")
     assert all(fitted[f"detail_basis.{k}"].abs().sum() > 0 for k in range(3))
     ws = teacher.mapping(torch.randn(2, teacher.z_dim), torch.zeros(2, 25))
     change = (G.planes(ws, noise_mode="const") - teacher.planes(ws, noise_mode="const")).abs().sum((0, 2))
@@ -334,6 +340,7 @@ def test_detail_boxes_outside_the_planes_are_refused(windows):
         build_teacher(config)
 
 
-def test_a_detail_run_needs_a_config_with_a_detail_basis(tmp_path):
+@pytest.mark.parametrize("train", ["detail", "detail-sr"])
+def test_a_detail_run_needs_a_config_with_a_detail_basis(tmp_path, train):
     with pytest.raises(SystemExit, match="needs a config with a detail basis"):
-        settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "config": "tiny", "train": "detail"})
+        settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "config": "tiny", "train": train})

@@ -402,12 +402,18 @@ def is_plane_extra(key: str) -> bool:
     return key in PLANE_EXTRAS or key.startswith("detail_")
 
 
+# what each `--train` choice fits (name prefixes; None: everything)
+TRAINED = {"all": None, "detail": ("detail_",), "detail-sr": ("detail_", "superresolution.")}
+
+
 def trainable(G, settings: dict):
     """Freeze what `train` leaves alone: with 'detail', everything but the detail basis and its mixing MLP (the
-    rest of the teacher draws exactly what it drew)."""
-    if settings["train"] == "detail":
+    planes outside its boxes and the rest of the teacher stay exactly as they were); 'detail-sr' also fits the
+    upsampler (the 64 px render's features are drawn into 128 px eyes there)."""
+    prefixes = TRAINED[settings["train"]]
+    if prefixes is not None:
         for name, parameter in G.named_parameters():
-            parameter.requires_grad_(name.startswith("detail_"))
+            parameter.requires_grad_(name.startswith(prefixes))
     return G
 
 
@@ -598,11 +604,12 @@ def settings_for(run_dir: Path, overrides: dict) -> dict:
         settings = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
         if settings["config"] not in CONFIGS:
             raise SystemExit(f"unknown --config {settings['config']!r}; known: {', '.join(CONFIGS)}")
-        for key, known in (("train", ("all", "detail")), ("emphasise", ("all", "upper-face"))):
+        for key, known in (("train", tuple(TRAINED)), ("emphasise", ("all", "upper-face"))):
             if settings[key] not in known:
                 raise SystemExit(f"unknown --{key} {settings[key]!r}; known: {', '.join(known)}")
-        if settings["train"] == "detail" and not CONFIGS[settings["config"]].get("detail_basis"):
-            raise SystemExit(f"--train detail needs a config with a detail basis, not {settings['config']!r}")
+        if settings["train"] != "all" and not CONFIGS[settings["config"]].get("detail_basis"):
+            raise SystemExit(f"--train {settings['train']} needs a config with a detail basis, "
+                             f"not {settings['config']!r}")
         size = CONFIGS[settings["config"]]["img_resolution"]
         if settings["low_res_steps"] and (settings["low_res"] <= 0 or size % settings["low_res"]):
             raise SystemExit(f"--low-res {settings['low_res']} must divide the output size ({size} px)")
