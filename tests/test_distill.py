@@ -23,7 +23,7 @@ from editkit import cameras, checkpoints
 from editkit.models.student import Student
 from training.distill.__main__ import main
 from editkit.editing.directions import Direction, save_direction
-from training.distill.data import (DatasetError, RealImages, TeacherSampler, edit_pairs, judged,
+from training.distill.data import (DatasetError, RealImages, TeacherSampler, balancing_weights, edit_pairs, judged,
                                    load_pair_directions, real_slots)
 from training.distill.losses import change_loss
 from training.distill.loop import ema_decay
@@ -188,12 +188,12 @@ def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tin
     directions = load_pair_directions([folder], G.num_ws, G.w_dim)
     assert directions.shape == (2, G.num_ws, G.w_dim)
     ws, c = torch.randn(5, G.num_ws, G.w_dim), cameras.make_label([-20.0, 0, 10, 20, 30], 5.0).float()
-    paired, paired_c = edit_pairs(ws, c, directions, 2.0, torch.Generator().manual_seed(0))
+    paired, paired_c, pick = edit_pairs(ws, c, directions, 2.0, torch.Generator().manual_seed(0))
     assert torch.equal(paired_c[:2], paired_c[2:4]) and torch.equal(paired[:2], ws[:2])
     assert torch.equal(paired[4], ws[4])  # the odd one out
     moved = paired[2:4] - ws[:2]
-    along = (moved * directions[0]).sum((1, 2)) / directions[0].pow(2).sum()
-    torch.testing.assert_close(moved, along[:, None, None] * directions[0])  # along the direction (a or -a)
+    along = (moved * directions[pick]).sum((1, 2)) / directions[pick].pow(2).sum((1, 2))
+    torch.testing.assert_close(moved, along[:, None, None] * directions[pick])  # along the picked direction
     assert (along.abs() <= 2.0).all() and (along != 0).all()
     # both halves of a pair see the same ray offsets: an unedited pair renders identically
     sampler = TeacherSampler(G)
@@ -210,6 +210,9 @@ def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tin
     shifted = target.clone()
     shifted[0] += 1
     assert change_loss(shifted, target, apart) == 0
+    assert change_loss(shifted, target, paired_c[:4], torch.tensor([0.0, 1.0])) == 0  # a pair weighted 0 is out
+    torch.testing.assert_close(change_loss(shifted, target, paired_c[:4], torch.tensor([2.0, 1.0])),
+                               2 * change_loss(shifted, target, paired_c[:4]))
     out = tmp_path / "run"
     argv = ["--teacher", str(teacher_file), "--out", str(out), "--stage", "1", "--batch", "2", "--steps", "2",
             "--lpips-weight", "0", "--log-every", "1", "--sample-every", "0", "--edit-pairs", str(folder)]
@@ -218,8 +221,16 @@ def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tin
     stage2 = tmp_path / "stage2"  # real images take cameras: every step's pair still repeats one camera
     argv = [*argv[:3], str(stage2), "--stage", "2", "--student", str(out / "student.safetensors"), "--real",
             str(real_folder), "--real-ratio", "0.5", *argv[6:]]
-    assert main(argv) == 0
+    assert main([*argv, "--pair-balance"]) == 0
     assert len(losses(stage2, "pairs")) == 2 and all(v > 0 for v in losses(stage2, "pairs"))
+
+
+def test_balancing_weights_favour_the_direction_that_changes_the_image_less(tiny_eg3d):
+    G = tiny_eg3d["G_ema"]
+    vector = torch.randn(1, 1, G.w_dim).expand(1, G.num_ws, -1)
+    weights = balancing_weights(TeacherSampler(G), torch.cat([0.5 * vector, 2 * vector]))
+    assert weights.shape == (2,) and weights.mean().item() == pytest.approx(1.0)
+    assert weights[0] > 1.5 * weights[1]  # a quarter of the step: a smaller image change, a larger weight
 
 
 def test_ema_ramp_forgets_the_initial_weights_of_a_short_run():

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "image change against the teacher's (what editing through the student relies on)")
     data.add_argument("--pair-strength", type=float, default=2.0,
                       help="edit pairs: strengths uniform in +-this (x the direction's own scale)")
+    data.add_argument("--pair-balance", action="store_true",
+                      help="edit pairs: weigh each direction's pairs by the inverse of its image change through the "
+                           "teacher, so directions that move few pixels (brows, eyes) count as much as the others")
     data.add_argument("--raw-resolution", type=int,
                       help="size of the discriminator's image_raw copy (default: the teacher's neural rendering)")
     loss = parser.add_argument_group("losses and optimisation")

@@ -79,16 +79,32 @@ def load_pair_directions(paths, num_ws: int, w_dim: int) -> torch.Tensor:
 
 
 def edit_pairs(ws: torch.Tensor, c: torch.Tensor, directions: torch.Tensor, strength: float,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch as pairs: item i + n/2 is item i (same camera) moved along a random direction by a strength
-    uniform in +-`strength`. (An odd last item stays as it is.)"""
+    uniform in +-`strength`. (An odd last item stays as it is.) Returns ws, c and each pair's direction index."""
     half = len(ws) // 2
     pick = torch.randint(len(directions), (half,), generator=generator)
     s = (torch.rand(half, generator=generator) * 2 - 1) * strength
     ws, c = ws.clone(), c.clone()
     ws[half:2 * half] = ws[:half] + s[:, None, None].to(ws) * directions[pick].to(ws)
     c[half:2 * half] = c[:half]
-    return ws, c
+    return ws, c, pick
+
+
+def balancing_weights(teacher: TeacherSampler, directions: torch.Tensor, samples: int = 8,
+                      seed: int = 0) -> torch.Tensor:
+    """(K,) weights, mean 1, inversely proportional to each direction's image change through the teacher (mean
+    |change| at strength 1, `samples` heads from the front): the pair term then weighs a direction that moves a few
+    pixels (a brow raise) as much as one that moves many (a jaw drop)."""
+    generator = torch.Generator().manual_seed(seed)
+    ws = teacher.sample_ws(samples, generator)
+    c = cameras.frontal_label().to(teacher.device).expand(2 * samples, -1)
+    change = []
+    for direction in directions.to(ws):
+        images = teacher.render_pairs(torch.cat([ws, ws + direction]), c, seed)
+        change.append((images[:samples] - images[samples:]).abs().mean())
+    inverse = 1 / torch.stack(change).clamp_min(1e-8)
+    return (inverse / inverse.mean()).cpu()
 
 
 def real_slots(n: int, ratio: float, paired: bool, generator: torch.Generator) -> torch.Tensor:

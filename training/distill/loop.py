@@ -36,8 +36,8 @@ from editkit import cameras, checkpoints
 from editkit.errors import EditkitError
 from editkit.models.eg3d import DualDiscriminator
 from editkit.models.student import Student
-from training.distill.data import (RealImages, TeacherSampler, edit_pairs, judged, load_pair_directions,
-                                   real_slots, sample_cameras)
+from training.distill.data import (RealImages, TeacherSampler, balancing_weights, edit_pairs, judged,
+                                   load_pair_directions, real_slots, sample_cameras)
 from training.distill.distributed import Distributed
 from training.distill.losses import (ReconstructionLoss, change_loss, discriminator_inputs, discriminator_loss,
                                      generator_loss, r1_penalty)
@@ -145,9 +145,12 @@ class Trainer:
             self.recon = ReconstructionLoss(args.l1_weight, args.lpips_weight, args.lpips_net,
                                             args.lpips_resolution).to(self.device)
         self.real = RealImages(args.real, self.resolution) if args.real is not None else None
-        self.pair_directions = None
+        self.pair_directions, self.pair_balance = None, None
         if args.edit_pairs:
             self.pair_directions = load_pair_directions(args.edit_pairs, teacher.num_ws, teacher.w_dim)
+            if args.pair_balance:
+                self.pair_balance = balancing_weights(self.teacher, self.pair_directions)
+                log(f"edit pairs balanced by direction: weights {[round(w, 2) for w in self.pair_balance.tolist()]}")
         self.g_params = [p for p in self.student.parameters() if p.requires_grad]
         self.opt_g = torch.optim.Adam(self.g_params, lr=args.lr_g, betas=ADAM_BETAS)
         self.opt_d = None
@@ -232,7 +235,7 @@ class Trainer:
         ws = self.teacher.sample_ws(n, gen)
         c = sample_cameras(n, gen, args.yaw_range, args.pitch_range)
         if self.pair_directions is not None:
-            ws, c = edit_pairs(ws, c, self.pair_directions, args.pair_strength, gen)
+            ws, c, pick = edit_pairs(ws, c, self.pair_directions, args.pair_strength, gen)
         from_real, images = None, None
         if self.D is not None and self.real is not None:
             from_real = real_slots(n, args.real_ratio, self.pair_directions is not None, gen)
@@ -248,6 +251,8 @@ class Trainer:
         else:
             target = self.teacher.render_pairs(ws, c, seed=int(torch.randint(2 ** 31, (1,), generator=gen)))
         batch = {"ws": ws, "c": c, "target": target}
+        if self.pair_balance is not None:
+            batch["pair_weights"] = self.pair_balance[pick]
         if self.D is not None:
             batch["real"] = batch["target"].clone()
             if images is not None:
@@ -274,7 +279,7 @@ class Trainer:
             loss, recon_parts = self.recon(fake, batch["target"])
             parts.update(recon_parts)
             if self.pair_directions is not None:
-                pairs = change_loss(fake, batch["target"], batch["c"])
+                pairs = change_loss(fake, batch["target"], batch["c"], batch.get("pair_weights"))
                 loss = loss + self.args.pair_weight * pairs
                 parts["pairs"] = pairs.detach()
         if self.D is not None:

@@ -69,12 +69,17 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
     return grad.square().sum(dim=[1, 2, 3]).mean()
 
 
-def change_loss(fake: torch.Tensor, target: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def change_loss(fake: torch.Tensor, target: torch.Tensor, c: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean L1 between the student's and the teacher's image change within each pair (batch item i and i + n/2,
-    see `data.edit_pairs`); pairs whose cameras differ (stage 2 gave one a real image's camera) are left out, and a
-    batch without a usable pair gives 0 (so stage 2's logged mean, with real-ratio 0.5, is about half the term)."""
+    see `data.edit_pairs`), each pair's L1 times its weight if given (`data.balancing_weights`); pairs whose
+    cameras differ (stage 2 gave one a real image's camera) are left out, and a batch without a usable pair gives 0
+    (so stage 2's logged mean, with real-ratio 0.5, is about half the term)."""
     half = len(fake) // 2
     same = (c[:half] == c[half:2 * half]).all(1)
     change = fake[:half] - fake[half:2 * half]
     true_change = target[:half] - target[half:2 * half]
-    return (change - true_change)[same].abs().mean() if same.any() else fake.sum() * 0
+    per_pair = (change - true_change).abs().flatten(1).mean(1)
+    if weights is not None:
+        per_pair = per_pair * weights.to(per_pair)
+    return per_pair[same].mean() if same.any() else fake.sum() * 0
