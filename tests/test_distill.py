@@ -27,6 +27,7 @@ from training.distill.data import (DatasetError, RealImages, TeacherSampler, bal
                                    load_pair_directions, real_slots)
 from training.distill.losses import change_loss
 from training.distill.loop import ema_decay
+from training.distill.runs import RunError, RunFolder
 from training.state import state_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,6 +138,16 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(teacher_file, real_fol
     timing = ("elapsed_s", "images_per_s")
     strip = [{k: v for k, v in r.items() if k not in timing} for r in read_log(stage2_run)]
     assert [{k: v for k, v in r.items() if k not in timing} for r in read_log(out)] == strip
+
+
+def test_a_run_resumes_with_an_option_newer_than_it_left_off_and_refuses_it_turned_on(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_config({"batch": 4, "minutes": 10})
+    folder.check_config({"batch": 4, "minutes": 20, "pair_balance": False}, may_change=("minutes",))
+    for changed in ({"batch": 8, "minutes": 10}, {"batch": 4, "minutes": 10, "pair_balance": True}):
+        with pytest.raises(RunError, match="resume with the same options"):
+            folder.check_config(changed, may_change=("minutes",))
 
 
 def test_two_torchrun_processes_keep_identical_weights(teacher_file, real_folder, tmp_path):

@@ -57,6 +57,8 @@ class RunFolder:
         except (ValueError, UnicodeDecodeError) as e:
             raise RunError(f"{self.config_path}: not valid JSON ({e})") from None
         for key in sorted(set(saved) | set(config)):
+            if key not in saved and not config.get(key):
+                continue  # an option newer than the run, left off: the run was trained without it
             if key not in may_change and saved.get(key) != config.get(key):
                 raise RunError(f"{self.path} holds a run started with {key}={saved.get(key)!r}, this command has "
                                f"{key}={config.get(key)!r}; resume with the same options or use another --out")
