@@ -244,11 +244,6 @@ def slope(strengths: np.ndarray, change: np.ndarray) -> np.ndarray:
     return (s * change).sum(1) / (s ** 2).sum()
 
 
-def origin_slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope through the origin of y against x (1-D)."""
-    return float((x * y).sum() / (x ** 2).sum())
-
-
 def mean_or_none(values, digits: int = 3):
     values = [v for v in values if v is not None and np.isfinite(v)]
     return round(float(np.mean(values)), digits) if values else None
@@ -298,9 +293,9 @@ def face_measures(attribute: str, strengths: np.ndarray, faces: list) -> dict:
     if attribute in attributes.SCORES:
         change = np.array([attributes.score(attribute, a["landmarks"]) - attributes.score(attribute, b["landmarks"])
                            for _, a, b, _ in pairs])
-        result["landmark_score_slope"] = round(origin_slope(s, change), 4)
+        result["landmark_score_slope"] = round(float(slope(s, change[None])[0]), 4)  # all pairs as one latent
         latent = np.array([p[3] for p in pairs])
-        per_latent = [origin_slope(s[latent == m], change[latent == m]) for m in np.unique(latent)]
+        per_latent = [slope(s[latent == m], change[None, latent == m])[0] for m in np.unique(latent)]
         if len(per_latent) > 1:  # how far the slope would move with other latents
             result["landmark_score_slope_sem"] = round(float(np.std(per_latent, ddof=1) / np.sqrt(len(per_latent))), 4)
     return result

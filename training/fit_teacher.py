@@ -251,7 +251,7 @@ def weighted_l1(error: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torch.Generator, step: int) -> dict:
     """The loss terms of one step; 'total' is their weighted sum. LPIPS joins after `lpips_after` steps."""
-    ws = G.mapping(z, labels, update_emas=settings["train"] == "all")  # 'detail' keeps w_avg, the basis' centre
+    ws = G.mapping(z, labels, update_emas=settings["train"] == "all")  # the detail modes keep w_avg, the basis' centre
     out = G.synthesis(ws, labels, cache_backbone=True)
     inside = truth["inside"]
     error = (out["image"] - truth["image"]).abs()
