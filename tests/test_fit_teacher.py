@@ -166,6 +166,8 @@ def test_a_resume_at_a_lower_rate_is_kept_by_the_next_plain_resume(tmp_path):
     assert (plain["config"], plain["lr"], plain["basis_lr"]) == ("tiny", 3e-4, 6e-3)
     assert plain["offset_lr"] == DEFAULTS["offset_lr"]
     assert plain["mse_weight"] == 32.0  # the squared-error weight, too, may be raised when a run resumes
+    raised = settings_for(tmp_path, {**{k: None for k in DEFAULTS}, "raw_eye_weight": 8.0})
+    assert raised["raw_eye_weight"] == 8.0 and raised["lr"] == 3e-4  # and the raw image's eye term turned on
 
 
 FIT = """
@@ -233,7 +235,8 @@ def test_expression_response_is_one_for_the_truth_and_zero_for_a_generator_that_
 
 
 def test_pairs_differ_only_in_expression_and_their_loss_terms_train():
-    settings = {**TINY, "batch": 4, "pair_weight": 1.0, "outline_weight": 1.0, "eye_weight": 1.0, "mse_weight": 1.0}
+    settings = {**TINY, "batch": 4, "pair_weight": 1.0, "outline_weight": 1.0, "eye_weight": 1.0, "mse_weight": 1.0,
+                "raw_eye_weight": 1.0}
     z, labels = fit_teacher.sample_batch(torch.Generator().manual_seed(0), settings)
     expression = fit_teacher.EXPRESSION_LATENTS
     others = torch.ones(z.shape[1], dtype=torch.bool)
@@ -244,10 +247,12 @@ def test_pairs_differ_only_in_expression_and_their_loss_terms_train():
     G = build_teacher(CONFIGS["tiny"])
     truth = GroundTruth(128, 16)(z, labels)
     terms = fit_teacher.fit_losses(G, None, truth, z, labels, settings, torch.Generator().manual_seed(1), step=0)
-    assert terms["pairs"] > 0 and terms["outline"] > 0 and terms["eyes"] > 0
+    assert terms["pairs"] > 0 and terms["outline"] > 0 and terms["eyes"] > 0 and terms["raw_eyes"] > 0
     assert terms["mse"] >= terms["image"] ** 2 > 0  # mean squared error >= (mean absolute error)^2
-    terms["pairs"].backward()
-    assert G.plane_basis.grad.abs().sum() > 0  # the expression change reaches the per-head plane basis
+    for name in ("pairs", "raw_eyes"):  # the expression change, and the eyes in the raw image, reach the plane basis
+        G.zero_grad()
+        terms[name].backward(retain_graph=True)
+        assert G.plane_basis.grad.abs().sum() > 0, name
 
 
 def test_emphasis_makes_each_picked_head_show_one_rare_expression():

@@ -31,6 +31,8 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   frozen) with the upper face's rare expressions in the pairs (`--emphasise upper-face`): the blink's response
   went 0.26 -> 0.50 and the brow raise's 0.13 -> 0.25 in 40 minutes (docs/demo_teacher.md); `--train detail-sr`
   fits the upsampler with it (50 minutes on: +0.04 dB and blink 0.53 against the basis alone's 0.50);
+- `raw_eye_weight`: the raw (volume-rendered) image and its pair change again within the eye blobs: the truth's
+  64 px image still shows the whites and a closed lid, the teacher's raw colours were the same open and closed;
 - `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
 - `mse_weight`: a squared-error image term beside the L1 ones. Where the fit cannot tell where an edge lies, L1
   draws the likelier side and squared error the average, which is what PSNR rewards (the outline holds ~70% of the
@@ -111,9 +113,10 @@ DEFAULTS = dict(config="offset", batch=4, lr=1e-3, offset_lr=5e-3, basis_lr=5e-3
                 emphasise="all", seed=0, lpips="vgg", lpips_weight=0.3, lpips_after=600, raw_weight=1.0,
                 depth_weight=1.0, opacity_weight=1.0, density_reg=0.25, ema_beta=0.99, yaw_range=50.0, pitch_std=8.0,
                 feature_weight=4.0, pair_weight=0.0, pair_emphasis=0.0, outline_weight=0.0, eye_weight=0.0,
-                mse_weight=0.0, low_res_steps=0, low_res=32)
+                mse_weight=0.0, raw_eye_weight=0.0, low_res_steps=0, low_res=32)
 INIT_RECORD = "init_from.json"  # the teacher a run started from (--init-from), for the export's provenance
-ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "detail_lr", "ema_beta", "mse_weight")  # may change when a run resumes
+# the settings that may change when a run resumes
+ADJUSTABLE = ("lr", "offset_lr", "basis_lr", "detail_lr", "ema_beta", "mse_weight", "raw_eye_weight")
 EVAL_SEED, EVAL_HEADS, EVAL_YAWS = 1234, 12, (-35.0, -17.5, 0.0, 17.5, 35.0)
 # chin, brows, nose, eyes and mouth of the 68-point scheme (not the sides of the jaw line); with blobs of 0.04 x the
 # image size they weight 18% of the image and hold ~80% of what smiling or opening the jaw changes (measured)
@@ -249,6 +252,12 @@ def weighted_l1(error: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (error * weights).sum() / (weights.sum() * error.shape[1]).clamp_min(1)
 
 
+def pair_change_error(images: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Absolute error of the change within each expression pair (first half against second, see sample_batch)."""
+    half = len(images) // 2
+    return ((images[:half] - images[half:2 * half]) - (truth[:half] - truth[half:2 * half])).abs()
+
+
 def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torch.Generator, step: int) -> dict:
     """The loss terms of one step; 'total' is their weighted sum. LPIPS joins after `lpips_after` steps."""
     ws = G.mapping(z, labels, update_emas=settings["train"] == "all")  # the detail modes keep w_avg, the basis' centre
@@ -275,8 +284,7 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     half = len(z) // 2
     pair_error = None
     if settings["pair_weight"] > 0:  # the expression change within each pair (sample_batch), around the features
-        change = out["image"][:half] - out["image"][half:2 * half]
-        pair_error = (change - (truth["image"][:half] - truth["image"][half:2 * half])).abs()
+        pair_error = pair_change_error(out["image"], truth["image"])
         terms["pairs"] = weighted_l1(pair_error, torch.maximum(features[:half], features[half:2 * half]))
         total = total + settings["pair_weight"] * terms["pairs"]
     if settings["eye_weight"] > 0:  # the eyes again, image and pair change: blinks are small and were not learned
@@ -285,6 +293,14 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
         if pair_error is not None:
             terms["eyes"] = terms["eyes"] + weighted_l1(pair_error, torch.maximum(eyes[:half], eyes[half:2 * half]))
         total = total + settings["eye_weight"] * terms["eyes"]
+    if settings["raw_eye_weight"] > 0:  # the eyes in the volume's own colours, open and closed (see raw_eye_weight)
+        raw_eyes = F.adaptive_avg_pool2d(truth["eyes"], out["image_raw"].shape[-1])
+        raw_error = (out["image_raw"] - truth["image_raw"]).abs()
+        terms["raw_eyes"] = weighted_l1(raw_error, raw_eyes)
+        if settings["pair_weight"] > 0:
+            terms["raw_eyes"] = terms["raw_eyes"] + weighted_l1(pair_change_error(out["image_raw"], truth["image_raw"]),
+                                                                torch.maximum(raw_eyes[:half], raw_eyes[half:2 * half]))
+        total = total + settings["raw_eye_weight"] * terms["raw_eyes"]
     if settings["density_reg"] > 0:
         terms["density"] = density_smoothness(G, G._last_planes, generator)
         total = total + settings["density_reg"] * terms["density"]
