@@ -206,6 +206,12 @@ def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tin
     along = (moved * directions[pick]).sum((1, 2)) / directions[pick].pow(2).sum((1, 2))
     torch.testing.assert_close(moved, along[:, None, None] * directions[pick])  # along the picked direction
     assert (along.abs() <= 2.0).all() and (along != 0).all()
+    basis = torch.linalg.qr(torch.randn(G.num_ws * G.w_dim, 2))[0].T.reshape(2, G.num_ws, G.w_dim)  # orthonormal
+    mixed, mixed_c, none = edit_pairs(ws, c, basis, 2.0, torch.Generator().manual_seed(0), mix=True)
+    assert none is None and torch.equal(mixed_c[:2], mixed_c[2:4]) and torch.equal(mixed[4], ws[4])
+    amounts = ((mixed[2:4] - ws[:2])[:, None] * basis).sum((2, 3))  # (pairs, directions): every pair moves along all
+    torch.testing.assert_close(mixed[2:4] - ws[:2], torch.einsum("pk,kld->pld", amounts, basis))
+    assert (amounts.abs() <= 2.0).all() and (amounts.abs() > 1e-4).all()
     # both halves of a pair see the same ray offsets: an unedited pair renders identically
     sampler = TeacherSampler(G)
     same = torch.cat([ws[:2], ws[:2]])
@@ -234,6 +240,9 @@ def test_edit_pairs_train_the_students_change_along_directions(teacher_file, tin
             str(real_folder), "--real-ratio", "0.5", *argv[6:]]
     assert main([*argv, "--pair-balance"]) == 0
     assert len(losses(stage2, "pairs")) == 2 and all(v > 0 for v in losses(stage2, "pairs"))
+    mixed = tmp_path / "mixed"
+    assert main([*argv[:3], str(mixed), *argv[4:], "--pair-mix"]) == 0
+    assert len(losses(mixed, "pairs")) == 2 and all(v > 0 for v in losses(mixed, "pairs"))
 
 
 def test_balancing_weights_favour_the_direction_that_changes_the_image_less(tiny_eg3d):
@@ -292,6 +301,7 @@ def test_cli_reports_user_errors_in_one_line(teacher_file, tmp_path, capsys):
              (["--stage", "2", "--real-ratio", "0", "--batch", "6"], "minibatch-std group size 4"),
              (["--student", str(teacher_file), "--warm-start", str(teacher_file)], "not both"),
              (["--edit-pairs", str(tmp_path), "--batch", "1"], "needs --batch 2"),
+             (["--edit-pairs", str(tmp_path), "--pair-mix", "--pair-balance"], "give one"),
              (["--edit-pairs", str(tmp_path)], "no direction files"),
              (["--edit-pairs", str(teacher_file)], "refused without reading it")]
     for options, message in cases:

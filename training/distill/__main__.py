@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--pair-balance", action="store_true",
                       help="edit pairs: weigh each direction's pairs by the inverse of its image change through the "
                            "teacher, so directions that move few pixels (brows, eyes) count as much as the others")
+    data.add_argument("--pair-mix", action="store_true",
+                      help="edit pairs: move each partner along every direction at once, each by its own random "
+                           "strength (every pair then teaches every direction, not one in K)")
     data.add_argument("--raw-resolution", type=int,
                       help="size of the discriminator's image_raw copy (default: the teacher's neural rendering)")
     loss = parser.add_argument_group("losses and optimisation")

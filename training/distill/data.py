@@ -79,14 +79,21 @@ def load_pair_directions(paths, num_ws: int, w_dim: int) -> torch.Tensor:
 
 
 def edit_pairs(ws: torch.Tensor, c: torch.Tensor, directions: torch.Tensor, strength: float,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               generator: torch.Generator, mix: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The batch as pairs: item i + n/2 is item i (same camera) moved along a random direction by a strength
-    uniform in +-`strength`. (An odd last item stays as it is.) Returns ws, c and each pair's direction index."""
+    uniform in +-`strength`; with `mix`, along every direction at once, each by its own such strength. (An odd last
+    item stays as it is.) Returns ws, c and each pair's direction index (None with `mix`)."""
     half = len(ws) // 2
-    pick = torch.randint(len(directions), (half,), generator=generator)
-    s = (torch.rand(half, generator=generator) * 2 - 1) * strength
+    if mix:
+        pick = None
+        s = (torch.rand(half, len(directions), generator=generator) * 2 - 1) * strength
+        moves = torch.einsum("pk,kld->pld", s.to(ws), directions.to(ws))
+    else:
+        pick = torch.randint(len(directions), (half,), generator=generator)
+        s = (torch.rand(half, generator=generator) * 2 - 1) * strength
+        moves = s[:, None, None].to(ws) * directions[pick].to(ws)
     ws, c = ws.clone(), c.clone()
-    ws[half:2 * half] = ws[:half] + s[:, None, None].to(ws) * directions[pick].to(ws)
+    ws[half:2 * half] = ws[:half] + moves
     c[half:2 * half] = c[:half]
     return ws, c, pick
 

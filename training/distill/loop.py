@@ -86,6 +86,9 @@ def check_options(args) -> None:
             raise DistillError("--real is used by stage 2 and --mode pcgan; stage 1 learns from the teacher only")
         if args.edit_pairs and args.batch < 2:
             raise DistillError("--edit-pairs needs --batch 2 or more (each pair is two batch items)")
+        if args.pair_mix and args.pair_balance:
+            raise DistillError("--pair-balance weighs each pair by its one direction; --pair-mix moves every pair "
+                               "along all of them: give one")
         if args.stage == 2 and args.real_ratio > 0 and args.real is None:
             raise DistillError(f"--real-ratio {args.real_ratio} needs real images: give --real FOLDER, "
                                "or --real-ratio 0 for teacher renders only")
@@ -235,7 +238,7 @@ class Trainer:
         ws = self.teacher.sample_ws(n, gen)
         c = sample_cameras(n, gen, args.yaw_range, args.pitch_range)
         if self.pair_directions is not None:
-            ws, c, pick = edit_pairs(ws, c, self.pair_directions, args.pair_strength, gen)
+            ws, c, pick = edit_pairs(ws, c, self.pair_directions, args.pair_strength, gen, args.pair_mix)
         from_real, images = None, None
         if self.D is not None and self.real is not None:
             from_real = real_slots(n, args.real_ratio, self.pair_directions is not None, gen)
