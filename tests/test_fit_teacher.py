@@ -75,7 +75,7 @@ def test_export_loads_by_path_and_renders(tmp_path):
     G = load_generator(out)
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["provenance"]["steps"] == 2 and "psnr" in config["provenance"]["metrics"]
-    rates = {key: TINY[key] for key in ("offset_lr", "basis_lr", "detail_lr", "ema_beta", "mse_weight")}
+    rates = {key: TINY[key] for key in fit_teacher.ADJUSTABLE if key != "lr"}
     assert config["provenance"]["rates"] == [{"from_step": 0, "lr": 3e-3, **rates},
                                              {"from_step": 1, "lr": 1e-3, **rates}]
     for tensor in (G.plane_offset, G.plane_basis):  # learned, saved and loaded
