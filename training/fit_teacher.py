@@ -33,6 +33,8 @@ Choices (measured on this 2-core CPU, see docs/demo_teacher.md and ../shared/NOT
   fits the upsampler with it (50 minutes on: +0.04 dB and blink 0.53 against the basis alone's 0.50);
 - `raw_eye_weight`: the raw (volume-rendered) image and its pair change again within the eye blobs: the truth's
   64 px image still shows the whites and a closed lid, the teacher's raw colours were the same open and closed;
+  weight 8 gained nothing in 376 steps (A/B, docs/demo_teacher.md: the teacher barely follows gaze and iris
+  colour, so it draws no whites for a lid to cover), so it stays off;
 - `outline_weight`: L1 within OUTLINE_PIXELS of the head's outline, where most of the squared error is;
 - `mse_weight`: a squared-error image term beside the L1 ones. Where the fit cannot tell where an edge lies, L1
   draws the likelier side and squared error the average, which is what PSNR rewards (the outline holds ~70% of the
