@@ -42,7 +42,7 @@ def test_world_report_measures_teacher_and_student_against_ground_truth(world_mo
     assert set(report["models"]) == {"teacher", "student"}
     for row in report["models"].values():
         assert 0 < row["psnr"] < 60 and 0 <= row["lpips_vgg"] <= 1.5 and len(row["psnr_per_yaw"]) == 5
-        assert set(row["expression_response"]) == {"smile", "jaw_open", "eyes_closed", "brow_raise"}
+        assert set(row["expression_response"]) == {"smile", "jaw_open", "eyes_closed", "brow_raise", "gaze"}
         assert all(-1 <= v["cosine"] <= 1 and v["size"] >= 0 for v in row["expression_response"].values())
     assert "depth_error" in report["models"]["teacher"] and "depth_error" not in report["models"]["student"]
     rates = report["dlib_detection"]
@@ -50,7 +50,7 @@ def test_world_report_measures_teacher_and_student_against_ground_truth(world_mo
     sheet = np.asarray(Image.open(out / "samples.png"))
     assert sheet.shape == (2 * 128, 5 * 3 * 128 + 4 * 4, 3)  # 2 heads; 5 yaws x (truth, teacher, student) + gaps
     sheet = np.asarray(Image.open(out / "expressions.png"))
-    assert sheet.shape == (4 * 2 * 128, 3 * 2 * 128 + 2 * 4, 3)  # 4 probes x 2 heads; (truth, teacher, student) x 2
+    assert sheet.shape == (5 * 2 * 128, 3 * 2 * 128 + 2 * 4, 3)  # 5 probes x 2 heads; (truth, teacher, student) x 2
     capsys.readouterr()
     assert world_report.main(["nowhere.safetensors", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: nowhere.safetensors")

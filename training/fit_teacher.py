@@ -81,8 +81,8 @@ from editkit.metrics.image import psnr
 from editkit.models.eg3d import TriPlaneGenerator
 from editkit.models.eg3d.configs import rendering_kwargs
 from training.state import load_latest_state, save_state, state_files
-from training.synthetic.latent import (APPEARANCE, BLINK, LATENT_SIZE, SMILE, SPARSE, emphasise_rare_expressions,
-                                       params_from_z)
+from training.synthetic.latent import (APPEARANCE, BLINK, GAZE, LATENT_SIZE, SMILE, SPARSE,
+                                       emphasise_rare_expressions, params_from_z)
 
 DEMO = dict(img_resolution=128, neural_rendering_resolution=64, triplane_resolution=128, channel_base=4096,
             channel_max=32, samples=12, plane_offset=False, plane_basis=0, plane_basis_resolution=64)
@@ -129,8 +129,10 @@ EYE_LANDMARKS = list(range(36, 48))
 # the head's outline: pixels within this many of the mask's edge; 13% of the image, 73% of the shipped teacher's
 # squared error (measured on the evaluation heads, 2026-12-03)
 OUTLINE_PIXELS = 2
-# expression latents probed by the evaluation: (name, latent index), each moved from EXPRESSION_LOW to _HIGH
-EXPRESSION_PROBES = (("smile", SMILE), ("jaw_open", SPARSE), ("eyes_closed", BLINK), ("brow_raise", SPARSE + 1))
+# expression latents probed by the evaluation: (name, latent index), each moved from EXPRESSION_LOW to _HIGH; the
+# gaze (left-right) says whether the teacher draws where each head's irises sit, what a blink covers
+EXPRESSION_PROBES = (("smile", SMILE), ("jaw_open", SPARSE), ("eyes_closed", BLINK), ("brow_raise", SPARSE + 1),
+                     ("gaze", GAZE))
 EXPRESSION_LOW, EXPRESSION_HIGH = -2.0, 2.5
 EXPRESSION_LATENTS = slice(SMILE, APPEARANCE)  # smile, blink, the sparse units, gaze
 # the rare expressions of the eyes and brows (`--emphasise upper-face`: what the detail basis draws)

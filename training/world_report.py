@@ -7,7 +7,7 @@ DIR/expressions.png (per expression probe and head: the ground truth low and hig
 - image PSNR and LPIPS (VGG) at the output size for held-out heads at yaw -35..35 deg (pitch 0), the PSNR within
   2 px of the head's outline (where most of the error is), and, for models that render depth and opacity (the
   teacher), the depth error inside the head mask (scene units) and the drawn head's size against the truth's;
-- whether expressions show: for the smile, jaw-open, blink and brow-raise latents, the cosine between the model's
+- whether expressions show: for the smile, jaw-open, blink, brow-raise and gaze latents, the cosine between the model's
   and the truth's image change from low to high on 8 of those heads seen from the front
   (`fit_teacher.expression_response`);
 - how often dlib's HOG detector finds a face in renders of random latents at yaw -30, 0 and 30 deg, for each model
