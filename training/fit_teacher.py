@@ -262,16 +262,29 @@ def pair_change_error(images: torch.Tensor, truth: torch.Tensor) -> torch.Tensor
     return ((images[:half] - images[half:2 * half]) - (truth[:half] - truth[half:2 * half])).abs()
 
 
+def pair_weights(weights: torch.Tensor) -> torch.Tensor:
+    """Pixel weights of each pair's change: where either member's weight is."""
+    half = len(weights) // 2
+    return torch.maximum(weights[:half], weights[half:2 * half])
+
+
+def image_and_pair_l1(error: torch.Tensor, pair_error: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
+    """weighted_l1 of the images' error and, when pairs are fitted, of their change's error, under the same blobs."""
+    loss = weighted_l1(error, weights)
+    return loss if pair_error is None else loss + weighted_l1(pair_error, pair_weights(weights))
+
+
 def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torch.Generator, step: int) -> dict:
     """The loss terms of one step; 'total' is their weighted sum. LPIPS joins after `lpips_after` steps."""
     ws = G.mapping(z, labels, update_emas=settings["train"] == "all")  # the detail modes keep w_avg, the basis' centre
     out = G.synthesis(ws, labels, cache_backbone=True)
     inside = truth["inside"]
     error = (out["image"] - truth["image"]).abs()
+    raw_error = (out["image_raw"] - truth["image_raw"]).abs()
     features = truth["features"]
     terms = {"image": error.mean(),
              "features": weighted_l1(error, features),
-             "raw": (out["image_raw"] - truth["image_raw"]).abs().mean(),
+             "raw": raw_error.mean(),
              "depth": weighted_l1((out["image_depth"] - truth["depth"]).abs(), inside),
              "opacity": (out["image_opacity"] - truth["coverage"]).abs().mean()}
     total = (terms["image"] + settings["feature_weight"] * terms["features"] + settings["raw_weight"] * terms["raw"]
@@ -285,25 +298,18 @@ def fit_losses(G, lpips, truth: dict, z, labels, settings: dict, generator: torc
     if lpips is not None and step >= settings["lpips_after"]:
         terms["lpips"] = lpips(out["image"], truth["image"]).mean()
         total = total + settings["lpips_weight"] * terms["lpips"]
-    half = len(z) // 2
     pair_error = None
     if settings["pair_weight"] > 0:  # the expression change within each pair (sample_batch), around the features
         pair_error = pair_change_error(out["image"], truth["image"])
-        terms["pairs"] = weighted_l1(pair_error, torch.maximum(features[:half], features[half:2 * half]))
+        terms["pairs"] = weighted_l1(pair_error, pair_weights(features))
         total = total + settings["pair_weight"] * terms["pairs"]
     if settings["eye_weight"] > 0:  # the eyes again, image and pair change: blinks are small and were not learned
-        eyes = truth["eyes"]
-        terms["eyes"] = weighted_l1(error, eyes)
-        if pair_error is not None:
-            terms["eyes"] = terms["eyes"] + weighted_l1(pair_error, torch.maximum(eyes[:half], eyes[half:2 * half]))
+        terms["eyes"] = image_and_pair_l1(error, pair_error, truth["eyes"])
         total = total + settings["eye_weight"] * terms["eyes"]
     if settings["raw_eye_weight"] > 0:  # the eyes in the volume's own colours, open and closed (see raw_eye_weight)
         raw_eyes = F.adaptive_avg_pool2d(truth["eyes"], out["image_raw"].shape[-1])
-        raw_error = (out["image_raw"] - truth["image_raw"]).abs()
-        terms["raw_eyes"] = weighted_l1(raw_error, raw_eyes)
-        if settings["pair_weight"] > 0:
-            terms["raw_eyes"] = terms["raw_eyes"] + weighted_l1(pair_change_error(out["image_raw"], truth["image_raw"]),
-                                                                torch.maximum(raw_eyes[:half], raw_eyes[half:2 * half]))
+        raw_pair_error = None if pair_error is None else pair_change_error(out["image_raw"], truth["image_raw"])
+        terms["raw_eyes"] = image_and_pair_l1(raw_error, raw_pair_error, raw_eyes)
         total = total + settings["raw_eye_weight"] * terms["raw_eyes"]
     if settings["density_reg"] > 0:
         terms["density"] = density_smoothness(G, G._last_planes, generator)
