@@ -71,10 +71,11 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
 def test_export_loads_by_path_and_renders(tmp_path):
     run(tmp_path / "run", TINY, max_steps=1, eval_heads=1)
     run(tmp_path / "run", {**TINY, "lr": 1e-3}, max_steps=2, eval_heads=1)  # resumed at a lower learning rate
+    run(tmp_path / "run", {**TINY, "lr": 1e-3}, max_steps=3, eval_heads=1)  # resumed at the same rates
     out = fit_teacher.export(tmp_path / "run", tmp_path / "teacher.safetensors")
     G = load_generator(out)
     config = json.loads(out.with_suffix(".json").read_text())
-    assert config["provenance"]["steps"] == 2 and "psnr" in config["provenance"]["metrics"]
+    assert config["provenance"]["steps"] == 3 and "psnr" in config["provenance"]["metrics"]
     rates = {key: TINY[key] for key in fit_teacher.ADJUSTABLE if key != "lr"}
     assert config["provenance"]["rates"] == [{"from_step": 0, "lr": 3e-3, **rates},
                                              {"from_step": 1, "lr": 1e-3, **rates}]

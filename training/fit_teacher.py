@@ -588,6 +588,22 @@ def run(run_dir: Path, settings: dict, minutes: float | None = None, max_steps: 
     return result
 
 
+def rate_changes(records: list, last_step: int) -> list:
+    """The ADJUSTABLE settings from the step each came into force: the first invocation's, then each resume that
+    changed them. An invocation that trained no step is superseded by the next one, one at the last step counts
+    for nothing; keys added since a run began read as their defaults."""
+    changes = []
+    for record in records:
+        if "rates" not in record or record["step"] >= last_step:
+            continue
+        if changes and changes[-1]["from_step"] == record["step"]:
+            changes.pop()
+        rates = {key: record["rates"].get(key, DEFAULTS[key]) for key in ADJUSTABLE}
+        if not changes or any(changes[-1][key] != value for key, value in rates.items()):
+            changes.append({"from_step": record["step"], **rates})
+    return changes
+
+
 def export(run_dir: Path, out: Path, force: bool = False, half: bool = False) -> Path:
     """Save the run's EMA generator as an editkit checkpoint (safetensors + JSON with provenance; `half`: float16
     tensors, as `save_model`)."""
@@ -601,9 +617,7 @@ def export(run_dir: Path, out: Path, force: bool = False, half: bool = False) ->
     evals = [r["eval"] for r in records if "eval" in r]
     provenance = {"recipe": "training.fit_teacher", "settings": settings, "steps": state["step"],
                   "fit_minutes": round(state["elapsed"] / 60, 1),
-                  # each invocation's rates from its first step (one that started at the last step made none)
-                  "rates": [{"from_step": r["step"], **r["rates"]}
-                            for r in records if "rates" in r and r["step"] < state["step"]],
+                  "rates": rate_changes(records, state["step"]),
                   "data": "demo world (training/synthetic), rendered on the fly; latents z ~ N(0, I), "
                           f"seed {settings['seed']}; evaluation heads from seed {EVAL_SEED}",
                   "metrics": evals[-1] if evals else {}}
