@@ -53,6 +53,7 @@ class Settings:
     lpips_weight: float = 1.0
     mse_weight: float = 1.0        # mean squared error on images in [-1, 1]
     delta_weight: float = 1e-3     # penalty on the per-layer W+ offsets (pulls the latent towards W)
+    shared_weight: float = 0.0     # penalty on the shared offset (pulls the latent towards w_avg; 0: free, as EG3D's)
     identity_weight: float = 0.0   # weight of the `identity` callable given to `invert`, if any
     refine_camera: bool = True
     camera_lr: float = 0.5         # degrees per Adam step
@@ -234,7 +235,7 @@ def invert(G, target: torch.Tensor, label: torch.Tensor, settings: Settings | No
                 optimizer.param_groups[1]["lr"] = 0.0
             ws, c = current()
             terms = objective(render(G, ws, c))
-            loss = terms["total"].sum() + s.delta_weight * deltas.pow(2).sum()
+            loss = terms["total"].sum() + s.delta_weight * deltas.pow(2).sum() + s.shared_weight * shared.pow(2).sum()
             if s.refine_camera:
                 loss = loss + s.camera_weight * offsets.pow(2).sum()
             optimizer.zero_grad(set_to_none=True)

@@ -87,6 +87,23 @@ def test_mask_ignores_pixels_outside_the_photo(student):
     assert torch.allclose(a.ws, b.ws, atol=1e-5)
 
 
+def test_shared_weight_keeps_the_latent_near_w_avg(student):
+    """A target drawn from far outside the mapping's latents: the penalty on the shared offset holds the latent in."""
+    label = cameras.make_label(0.0, 0.0)
+    _, ws = sample(student, 4, label)
+    far = student.w_avg + 4 * (ws - student.w_avg)
+    with torch.no_grad():
+        target = render(student, far, label)
+
+    def distance(weight):
+        settings = Settings(steps=30, refine_camera=False, shared_weight=weight)
+        result = invert(student, target, label, settings, progress=False)
+        return float((result.ws.mean(1) - student.w_avg).norm())
+
+    free, held = distance(0.0), distance(1.0)
+    assert held < 0.5 * free, (held, free)
+
+
 def test_pti_tunes_a_copy(student):
     label = cameras.make_label(20.0, 0.0)
     target, _ = sample(student, 3, label)
