@@ -37,7 +37,7 @@ from editkit.io import atomic_write, output_group
 FORMAT = "editkit"
 VERSION = 1
 # Plain attributes that change behaviour but are not constructor arguments or tensors.
-SAVED_ATTRIBUTES = ("neural_rendering_resolution", "rendering_kwargs")
+SAVED_ATTRIBUTES = ("neural_rendering_resolution", "rendering_kwargs", "mix_caps")
 # Buffers that EG3D's training loop registers after construction, so a freshly built network lacks them.
 LATE_BUFFERS = ("dataset_label_std",)
 REPO_ROOT = Path(__file__).resolve().parent.parent

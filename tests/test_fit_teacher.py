@@ -81,6 +81,7 @@ def test_export_loads_by_path_and_renders(tmp_path):
                                              {"from_step": 1, "lr": 1e-3, **rates}]
     for tensor in (G.plane_offset, G.plane_basis):  # learned, saved and loaded
         assert tensor is not None and tensor.abs().max() > 0
+    assert set(G.mix_caps) == {"plane_basis"} and G.mix_caps["plane_basis"] > 0  # measured at export, loaded
     assert "init_from" not in config["provenance"]
     run(tmp_path / "continued", TINY, max_steps=1, eval_heads=1, init_from=out)
     again = fit_teacher.export(tmp_path / "continued", tmp_path / "continued.safetensors", half=True)
@@ -308,6 +309,30 @@ def test_the_plane_basis_leaves_the_average_head_alone():
         G.plane_basis = basis
     torch.testing.assert_close(with_basis[0], without[0])  # the average head: the offset only
     assert (with_basis[1] - without[1]).abs().mean() > 0.1  # another head: its own detail
+
+
+def test_mix_caps_leave_the_fitted_latents_alone_and_hold_far_ones_back():
+    torch.manual_seed(0)
+    G = build_teacher(CONFIGS["tiny-detail"]).eval()
+    with torch.no_grad():
+        G.plane_basis.normal_()
+        for basis in G.detail_basis:
+            basis.normal_()
+    settings = {**TINY, "config": "tiny-detail"}
+    caps = fit_teacher.mix_caps(G, settings, samples=200, batch=50)
+    assert set(caps) == {"plane_basis", "detail_basis"} and all(cap > 0 for cap in caps.values())
+    z, labels = fit_teacher.sample_batch(torch.Generator().manual_seed(settings["seed"]), {**settings, "batch": 50})
+    fitted = G.mapping(z, labels.float())  # the first latents the caps were measured on
+    far = G.w_avg + 20 * (fitted - G.w_avg)  # a W+ latent far off the mapping's manifold
+    with torch.no_grad():
+        free = {name: G.planes(ws, noise_mode="const") for name, ws in (("fitted", fitted), ("far", far))}
+        G.mix_caps = caps
+        for name in caps:
+            torch.testing.assert_close(G.mix(name, far).norm(dim=1), torch.full((50,), caps[name]))
+        torch.testing.assert_close(G.planes(fitted, noise_mode="const"), free["fitted"], rtol=0, atol=0)
+        capped = G.planes(far, noise_mode="const")
+    assert torch.isfinite(capped).all() and (capped - free["far"]).abs().mean() > 0.1
+    assert fit_teacher.mix_caps(build_teacher({**CONFIGS["tiny"], "plane_basis": 0}), settings, samples=10) is None
 
 
 @pytest.mark.parametrize("train", ["detail", "detail-sr"])

@@ -604,15 +604,33 @@ def rate_changes(records: list, last_step: int) -> list:
     return changes
 
 
+@torch.no_grad()
+def mix_caps(G, settings: dict, samples: int = 10000, batch: int = 500) -> dict | None:
+    """{basis: the largest norm of its per-head mix} over `samples` latents drawn as the run's steps draw them
+    (`sample_batch`, seeded by the run's seed), for TriPlaneGenerator.mix_caps; None for a teacher without bases."""
+    bases = [name for name in ("plane_basis", "detail_basis") if getattr(G, name) is not None]
+    if not bases:
+        return None
+    G.mix_caps, caps = None, dict.fromkeys(bases, 0.0)
+    generator = torch.Generator().manual_seed(settings["seed"])
+    for _ in range(0, samples, batch):
+        z, labels = sample_batch(generator, {**DEFAULTS, **settings, "batch": batch})
+        ws = G.mapping(z, labels.float())
+        for name in bases:
+            caps[name] = max(caps[name], float(G.mix(name, ws).norm(dim=1).max()))
+    return caps
+
+
 def export(run_dir: Path, out: Path, force: bool = False, half: bool = False) -> Path:
     """Save the run's EMA generator as an editkit checkpoint (safetensors + JSON with provenance; `half`: float16
-    tensors, as `save_model`)."""
+    tensors, as `save_model`), its per-head mixes capped where the fit's latents took them (`mix_caps`)."""
     state = load_latest_state(run_dir)
     if state is None:
         raise SystemExit(f"{run_dir}: no training state to export")
     settings = json.loads(state["settings"])
     G = build_teacher(CONFIGS[settings["config"]])
     G.load_state_dict(state["G_ema"])
+    G.mix_caps = mix_caps(G, settings)
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     evals = [r["eval"] for r in records if "eval" in r]
     provenance = {"recipe": "training.fit_teacher", "settings": settings, "steps": state["step"],

@@ -59,6 +59,10 @@ class TriPlaneGenerator(torch.nn.Module):
     where the linear basis is too coarse (the demo teacher's eyes and brows, docs/demo_teacher.md).
     `neural_rendering_resolution` (a plain attribute, default 64; FFHQ models use 128) sets the size of the
     volume-rendered image; passing `neural_rendering_resolution` to `synthesis` changes it, as upstream.
+    `mix_caps` (a plain attribute, saved like it; None: off): {'plane_basis': norm, 'detail_basis': norm}, the
+    largest norm each per-head mix reached over the latents the model was fitted on. A latent whose mix goes further
+    (a W+ latent that an inversion pushed far off the mapping's manifold) has its mix scaled back to that norm, so
+    that the mixing layers never extrapolate (docs/demo_teacher.md, "Latents off the manifold").
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs=None,
@@ -112,6 +116,7 @@ class TriPlaneGenerator(torch.nn.Module):
                 FullyConnectedLayer(w_dim, detail_hidden, activation="lrelu"),
                 FullyConnectedLayer(detail_hidden, detail_basis))
         self.neural_rendering_resolution = 64
+        self.mix_caps = None
         self.rendering_kwargs = rendering_kwargs
         self._last_planes = None
 
@@ -138,18 +143,28 @@ class TriPlaneGenerator(torch.nn.Module):
         if self.plane_offset is not None:
             planes = planes + self.plane_offset
         if self.plane_basis is not None:
-            mix = self.plane_basis_weights(ws.mean(1)) - self.plane_basis_weights(self.w_avg[None])
+            mix = self.mix("plane_basis", ws)
             detail = (mix @ self.plane_basis.flatten(1)).view(n * 3, PLANE_CHANNELS, *self.plane_basis.shape[-2:])
             if detail.shape[-2:] != size:
                 detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
             planes = planes + detail.view_as(planes)
         if self.detail_basis is not None:
-            mix = self.detail_weights(ws.mean(1)) - self.detail_weights(self.w_avg[None])
+            mix = self.mix("detail_basis", ws)
             planes = planes + torch.stack([
                 F.pad((mix @ basis.flatten(1)).view(n, *basis.shape[1:]),
                       (left, size[1] - left - width, top, size[0] - top - height))
                 for basis, (top, left, height, width) in zip(self.detail_basis, self.detail_windows)], 1)
         return planes
+
+    def mix(self, basis: str, ws) -> torch.Tensor:
+        """(N, K) per-head weights of `basis` ('plane_basis' or 'detail_basis') for ws: its mixing layers' output
+        for the mean w minus theirs for w_avg, the norm capped at `mix_caps[basis]` where set."""
+        weights = self.plane_basis_weights if basis == "plane_basis" else self.detail_weights
+        mix = weights(ws.mean(1)) - weights(self.w_avg[None])
+        cap = (self.mix_caps or {}).get(basis)
+        if cap is not None:
+            mix = mix * (cap / mix.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        return mix
 
     def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
                   use_cached_backbone=False, **synthesis_kwargs):
