@@ -1,13 +1,14 @@
 """Inversion quality on held-out demo-world photos with ground truth: camera error, reconstruction, novel views.
 
     python benchmarks/inversion_quality.py [--n 20] [--seed 606] [--steps N] [--out results.json [--force]]
-        [--student demo-student] [--with-teacher [--teacher demo-teacher]] [--threads 1]
+        [--student demo-student] [--with-teacher [--teacher demo-teacher]] [--threads 1] [--keep-photos DIR]
 
 Photos: `n` heads from the demo world's own sampler (`sample_params`: identity, FFHQ-like expressions, appearance,
 light) at FFHQ-like poses (`sample_poses`: yaw ~ N(0, 18), pitch ~ N(0, 7) degrees), one numpy generator seeded
 with `--seed` (606 by default: no training or evaluation set of the project uses it; the heads are continuous
 draws, so none is a training head), rendered by `HeadRenderer` at the generator's resolution and written as PNG
-files into a temporary folder.
+files into a temporary folder (`--keep-photos DIR`: into DIR, kept, e.g. for `editkit invert DIR` and the edit
+report's `--photos`).
 
 Each generator inverts them the way `editkit invert` does (`load_image`, then `editkit.inversion.invert_photos`
 with default `Settings`, `--steps` aside, batches of 4). Per photo:
@@ -204,6 +205,10 @@ def run(args) -> dict:
         raise EditkitError("--n, --steps and --threads must be at least 1")
     if args.out:
         check_outputs([args.out], args.force)  # before the slow part
+    if args.keep_photos is not None:
+        if args.keep_photos.exists() and (not args.keep_photos.is_dir() or any(args.keep_photos.iterdir())):
+            raise EditkitError(f"--keep-photos {args.keep_photos} must be a new or empty folder")
+        args.keep_photos.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     models = {"student": args.student} | ({"teacher": args.teacher} if args.with_teacher else {})
     generators = {kind: load(name, kind) for kind, name in models.items()}
@@ -222,7 +227,8 @@ def run(args) -> dict:
               "settings": asdict(settings), "lpips": metrics.name, "threads": args.threads,
               "camera_target_deg": CAMERA_TARGET, "generators": {}}
     with tempfile.TemporaryDirectory(prefix="inversion_quality_") as folder:
-        photos, failed = detectable(held_out_photos(args.n, args.seed, resolution, Path(folder)), resolution)
+        folder = Path(folder) if args.keep_photos is None else args.keep_photos
+        photos, failed = detectable(held_out_photos(args.n, args.seed, resolution, folder), resolution)
         report["photos"]["no_face"] = failed
         for name, reason in failed.items():
             print(f"left out {name}: {reason}")
@@ -251,6 +257,8 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher", default="demo-teacher", help="teacher model (default: %(default)s)")
     parser.add_argument("--with-teacher", action="store_true", help="also invert through the teacher (~10x slower)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--keep-photos", type=Path, metavar="DIR",
+                        help="write the held-out photos into DIR (a new or empty folder) and keep them")
     args = parser.parse_args(argv)
     try:
         report = run(args)
