@@ -15,8 +15,6 @@ Landmarks come from dlib's 68-point shape predictor (`detect_landmarks`). Its mo
 whose terms exclude commercial use.
 """
 
-from functools import lru_cache
-
 import numpy as np
 
 from editkit.errors import EditkitError
@@ -96,28 +94,19 @@ def score(attribute: str, landmarks) -> np.ndarray:
     return SCORES[attribute](landmarks)
 
 
-@lru_cache(maxsize=1)
-def _dlib_models():
+def detect_landmarks(image: np.ndarray) -> np.ndarray | None:
+    """68 landmarks (68, 2) in pixels (x right, y down; `editkit.faces.landmarks68`) of the largest face dlib's HOG
+    detector finds in an RGB uint8 image (small images are searched upsampled, `editkit.faces.detect_hog`), or None.
+    """
+    from editkit.faces.detect import detect_hog
+    from editkit.faces.landmarks import landmarks68
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
     try:
-        import dlib
+        faces = detect_hog(image)
     except ImportError:
         raise EditkitError("landmark scores need dlib: pip install dlib-bin (or `pip install editkit[faces]`)") \
             from None
-    from editkit.weights import dlib_model_path
-
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(dlib_model_path()))
-
-
-def detect_landmarks(image: np.ndarray) -> np.ndarray | None:
-    """68 landmarks (68, 2) in pixels (x right, y down) of the largest face in an RGB uint8 image, or None.
-
-    Small images (under 300 px) are upsampled once for dlib's HOG detector, whose smallest face is about 80 px.
-    """
-    detector, predictor = _dlib_models()
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    faces = detector(image, 1 if min(image.shape[:2]) < 300 else 0)
-    if len(faces) == 0:
+    if not faces:
         return None
-    face = max(faces, key=lambda r: r.width() * r.height())
-    shape = predictor(image, face)
-    return np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float64)
+    return landmarks68(image, max(faces, key=lambda face: face.area).box).astype(np.float64)
