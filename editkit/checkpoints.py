@@ -79,7 +79,10 @@ def build_module(class_name: str, init_kwargs: dict, attributes: dict | None = N
         if name not in SAVED_ATTRIBUTES:
             raise CheckpointError(f"{source}: unknown attribute '{name}' for {class_name} "
                                   f"(known: {', '.join(SAVED_ATTRIBUTES)})")
-        setattr(module, name, value)
+        try:
+            setattr(module, name, value)
+        except ValueError as e:  # a value the network's setter refuses (EG3DError is one)
+            raise CheckpointError(f"{source}: {e}") from None
     return module
 
 

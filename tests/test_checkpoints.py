@@ -261,6 +261,19 @@ def test_truncated_safetensors_and_missing_json(saved):
         checkpoints.load_generator(saved)
 
 
+@pytest.mark.parametrize("caps", ["3.2", {"plane_basis": -1.0}, {"other": 1.0}, {"detail_basis": True}])
+def test_config_with_malformed_mix_caps_is_refused(saved, caps):
+    cfg = saved.with_suffix(".json")
+    config = json.loads(cfg.read_text())
+    config["networks"]["G_ema"]["attributes"]["mix_caps"] = caps
+    cfg.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="tiny.safetensors: mix_caps must be None or"):
+        checkpoints.load_generator(saved)
+    config["networks"]["G_ema"]["attributes"]["mix_caps"] = {"plane_basis": 2}
+    cfg.write_text(json.dumps(config))
+    assert checkpoints.load_generator(saved).mix_caps == {"plane_basis": 2.0}
+
+
 @pytest.mark.parametrize("class_name", ["os.system", "subprocess.Popen", "torch.nn.Linear"])
 def test_config_naming_a_class_off_the_allow_list_is_refused(saved, class_name):
     cfg = saved.with_suffix(".json")

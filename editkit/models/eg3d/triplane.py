@@ -121,6 +121,20 @@ class TriPlaneGenerator(torch.nn.Module):
         self._last_planes = None
 
     @property
+    def mix_caps(self) -> dict | None:
+        return self._mix_caps
+
+    @mix_caps.setter
+    def mix_caps(self, caps):
+        bases = ("plane_basis", "detail_basis")
+        if caps is not None and not (isinstance(caps, dict) and all(
+                key in bases and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                for key, value in caps.items())):
+            raise EG3DError(f"mix_caps must be None or {{basis: positive number}} for a basis among {bases}, "
+                            f"got {caps!r}")
+        self._mix_caps = None if caps is None else {key: float(value) for key, value in caps.items()}
+
+    @property
     def num_ws(self):
         return self.backbone.mapping.num_ws
 
