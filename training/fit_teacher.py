@@ -607,7 +607,8 @@ def rate_changes(records: list, last_step: int) -> list:
 @torch.no_grad()
 def mix_caps(G, settings: dict, samples: int = 10000, batch: int = 500) -> dict | None:
     """{basis: the largest norm of its per-head mix} over `samples` latents drawn as the run's steps draw them
-    (`sample_batch`, seeded by the run's seed), for TriPlaneGenerator.mix_caps; None for a teacher without bases."""
+    (`sample_batch`, seeded by the run's seed), for TriPlaneGenerator.mix_caps; None for a teacher without bases.
+    Measured uncapped: G's own caps are cleared first."""
     bases = [name for name in ("plane_basis", "detail_basis") if getattr(G, name) is not None]
     if not bases:
         return None
