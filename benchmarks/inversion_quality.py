@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -226,9 +227,9 @@ def run(args) -> dict:
                          "novel_views": {"yaw": list(NOVEL_YAWS), "pitch": 0.0}},
               "settings": asdict(settings), "lpips": metrics.name, "threads": args.threads,
               "camera_target_deg": CAMERA_TARGET, "generators": {}}
-    with tempfile.TemporaryDirectory(prefix="inversion_quality_") as folder:
-        folder = Path(folder) if args.keep_photos is None else args.keep_photos
-        photos, failed = detectable(held_out_photos(args.n, args.seed, resolution, folder), resolution)
+    keep = args.keep_photos
+    with tempfile.TemporaryDirectory(prefix="inversion_quality_") if keep is None else nullcontext(keep) as folder:
+        photos, failed = detectable(held_out_photos(args.n, args.seed, resolution, Path(folder)), resolution)
         report["photos"]["no_face"] = failed
         for name, reason in failed.items():
             print(f"left out {name}: {reason}")

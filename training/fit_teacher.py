@@ -609,13 +609,14 @@ def mix_caps(G, settings: dict, samples: int = 10000, batch: int = 500) -> dict 
     """{basis: the largest norm of its per-head mix} over `samples` latents drawn as the run's steps draw them
     (`sample_batch`, seeded by the run's seed), for TriPlaneGenerator.mix_caps; None for a teacher without bases.
     Measured uncapped: G's own caps are cleared first."""
-    bases = [name for name in ("plane_basis", "detail_basis") if getattr(G, name) is not None]
+    bases = [name for name in TriPlaneGenerator.MIXED_BASES if getattr(G, name) is not None]
     if not bases:
         return None
     G.mix_caps, caps = None, dict.fromkeys(bases, 0.0)
     generator = torch.Generator().manual_seed(settings["seed"])
+    drawn_as = {**DEFAULTS, **settings, "batch": batch}
     for _ in range(0, samples, batch):
-        z, labels = sample_batch(generator, {**DEFAULTS, **settings, "batch": batch})
+        z, labels = sample_batch(generator, drawn_as)
         ws = G.mapping(z, labels.float())
         for name in bases:
             caps[name] = max(caps[name], float(G.mix(name, ws).norm(dim=1).max()))

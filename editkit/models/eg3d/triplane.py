@@ -65,6 +65,8 @@ class TriPlaneGenerator(torch.nn.Module):
     that the mixing layers never extrapolate (docs/demo_teacher.md, "Latents off the manifold").
     """
 
+    MIXED_BASES = {"plane_basis": "plane_basis_weights", "detail_basis": "detail_weights"}  # basis: its mixing layers
+
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs=None,
                  rendering_kwargs=None, sr_kwargs=None, triplane_resolution=256, plane_offset=False,
                  plane_basis=0, plane_basis_resolution=64, detail_basis=0, detail_windows=None, detail_hidden=256,
@@ -126,12 +128,11 @@ class TriPlaneGenerator(torch.nn.Module):
 
     @mix_caps.setter
     def mix_caps(self, caps):
-        bases = ("plane_basis", "detail_basis")
         if caps is not None and not (isinstance(caps, dict) and all(
-                key in bases and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-                for key, value in caps.items())):
-            raise EG3DError(f"mix_caps must be None or {{basis: positive number}} for a basis among {bases}, "
-                            f"got {caps!r}")
+                key in self.MIXED_BASES and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and value > 0 for key, value in caps.items())):
+            raise EG3DError(f"mix_caps must be None or {{basis: positive number}} for a basis among "
+                            f"{tuple(self.MIXED_BASES)}, got {caps!r}")
         self._mix_caps = None if caps is None else {key: float(value) for key, value in caps.items()}
 
     @property
@@ -173,7 +174,7 @@ class TriPlaneGenerator(torch.nn.Module):
     def mix(self, basis: str, ws) -> torch.Tensor:
         """(N, K) per-head weights of `basis` ('plane_basis' or 'detail_basis') for ws: its mixing layers' output
         for the mean w minus theirs for w_avg, the norm capped at `mix_caps[basis]` where set."""
-        weights = self.plane_basis_weights if basis == "plane_basis" else self.detail_weights
+        weights = getattr(self, self.MIXED_BASES[basis])
         mix = weights(ws.mean(1)) - weights(self.w_avg[None])
         cap = (self.mix_caps or {}).get(basis)
         if cap is not None:
